@@ -1,0 +1,245 @@
+"""``pulse-ray`` command line (typer).
+
+Exit codes: 0 the job ran (even with failed rows); 2 bad usage or an unusable
+manifest (nothing written); 1 an infrastructure failure; 130 interrupted
+(re-run the same command to resume).
+"""
+
+from __future__ import annotations
+
+import json
+import sys
+from typing import List, Optional
+
+import typer
+from typing_extensions import Annotated
+
+app = typer.Typer(
+    name="pulse-ray",
+    help="PULSE face super-resolution (latent search in a frozen StyleGAN) as a batch job on Ray.",
+    no_args_is_help=True,
+    add_completion=False,
+    pretty_exceptions_enable=False,
+)
+
+
+def _err(msg: str) -> None:
+    typer.echo(f"error: {msg}", err=True)
+
+
+def _fail_usage(msg: str) -> None:
+    _err(msg)
+    raise typer.Exit(2)
+
+
+# ----------------------------------------------------------------------------- submit
+
+
+@app.command()
+def submit(
+    manifest: Annotated[str, typer.Argument(help="Parquet file, folder or s3:// prefix of Parquet files (columns: id + uri and/or image).")],
+    output: Annotated[str, typer.Option("--output", "-o", help="Output folder or s3:// prefix.")],
+    generator: Annotated[Optional[str], typer.Option(help="Generator name, path or URI (default: bundled).")] = None,
+    restarts: Annotated[int, typer.Option(help="Restarts of the latent search per image.")] = 4,
+    steps: Annotated[int, typer.Option(help="Optimisation steps per restart.")] = 100,
+    eps: Annotated[float, typer.Option(help="Downscale-MSE threshold for 'converged'.")] = 2e-3,
+    seed: Annotated[int, typer.Option(help="Base seed (per image and restart seeds derive from it).")] = 0,
+    workers: Annotated[Optional[int], typer.Option(help="Search actors (default: one per GPU, else one per CPU core).")] = None,
+    gpus_per_worker: Annotated[float, typer.Option(help="GPUs per search actor (default: 1 when the cluster has GPUs).")] = 0.0,
+    batch_size: Annotated[Optional[int], typer.Option(help="Images per search batch (default: 16 on GPU, 4 on CPU).")] = None,
+    address: Annotated[Optional[str], typer.Option(help="Ray cluster: 'auto' or ray://host:port (default: embedded Ray).")] = None,
+    overwrite: Annotated[bool, typer.Option(help="Redo ids that already have an ok row.")] = False,
+    dry_run: Annotated[bool, typer.Option(help="Validate the manifest and plan; run and write nothing.")] = False,
+    keep_restarts: Annotated[bool, typer.Option(help="Also write every restart (OUT/sr/<id>/r<k>.png, OUT/restarts/).")] = False,
+    s3_endpoint_url: Annotated[Optional[str], typer.Option(help="S3-compatible endpoint (default: $AWS_ENDPOINT_URL).")] = None,
+    num_cpus: Annotated[Optional[int], typer.Option(help="Embedded Ray only: CPUs to use (default: all).")] = None,
+    json_summary: Annotated[bool, typer.Option("--json", help="Print the summary as JSON on stdout.")] = False,
+    quiet: Annotated[bool, typer.Option("--quiet", "-q", help="No progress lines.")] = False,
+):
+    """Run the batch job: a manifest of LR images in; OUT/sr/<id>.png and OUT/metadata/ out."""
+    from pulse_ray.job.submit import ManifestError, SubmitOptions, UsageError, format_summary
+    from pulse_ray.job.submit import submit as run_submit
+
+    opts = SubmitOptions(
+        generator=generator, restarts=restarts, steps=steps, eps=eps, seed=seed, workers=workers,
+        gpus_per_worker=gpus_per_worker, batch_size=batch_size, address=address, overwrite=overwrite,
+        dry_run=dry_run, keep_restarts=keep_restarts, s3_endpoint_url=s3_endpoint_url,
+        num_cpus=num_cpus, progress=not quiet,
+    )
+    try:
+        summary = run_submit(manifest, output, opts)
+    except (ManifestError, UsageError) as exc:
+        _fail_usage(str(exc))
+    except KeyboardInterrupt:
+        _err("interrupted; finished rows are saved in OUT/metadata: re-run the same command to resume")
+        raise typer.Exit(130)
+    except Exception as exc:  # infrastructure: Ray, storage, ...
+        _err(f"job failed: {type(exc).__name__}: {exc}")
+        raise typer.Exit(1)
+    if json_summary:
+        typer.echo(json.dumps(summary.to_dict(), default=str))
+    else:
+        typer.echo(format_summary(summary))
+
+
+# ----------------------------------------------------------------------------- status
+
+
+@app.command()
+def status(
+    output: Annotated[str, typer.Argument(help="The job's output folder or s3:// prefix.")],
+    json_out: Annotated[bool, typer.Option("--json", help="JSON on stdout.")] = False,
+    s3_endpoint_url: Annotated[Optional[str], typer.Option(help="S3-compatible endpoint.")] = None,
+):
+    """Counts by status, converged share, error reasons and timing percentiles of OUT."""
+    from pulse_ray.io import storage
+    from pulse_ray.job.status import format_status, job_status
+
+    if s3_endpoint_url:
+        storage.set_s3_endpoint_url(s3_endpoint_url)
+    try:
+        s = job_status(output)
+    except Exception as exc:
+        _err(f"cannot read the metadata of {output}: {type(exc).__name__}: {exc}")
+        raise typer.Exit(1)
+    typer.echo(json.dumps(s, default=str) if json_out else format_status(s))
+
+
+# ----------------------------------------------------------------------------- make-manifest
+
+
+@app.command("make-manifest")
+def make_manifest(
+    src: Annotated[str, typer.Argument(help="Folder or s3:// prefix of images.")],
+    output: Annotated[str, typer.Option("--output", "-o", help="Manifest to write (.parquet, local or s3://).")],
+    align: Annotated[bool, typer.Option(help="Find the face (OpenCV cascade), crop it square, resize to --lr-size.")] = False,
+    lr_size: Annotated[Optional[int], typer.Option(help="With --align: LR side in px (default 16).")] = None,
+    s3_endpoint_url: Annotated[Optional[str], typer.Option(help="S3-compatible endpoint.")] = None,
+):
+    """Images -> manifest (id, uri) or, with --align, (id, image, source_uri)."""
+    from pulse_ray.io import storage
+    from pulse_ray.job.tools import make_manifest as run
+
+    if s3_endpoint_url:
+        storage.set_s3_endpoint_url(s3_endpoint_url)
+    try:
+        res = run(src, output, align=align, lr_size=lr_size)
+    except (ValueError, FileNotFoundError) as exc:
+        _fail_usage(str(exc))
+    except Exception as exc:
+        _err(f"{type(exc).__name__}: {exc}")
+        raise typer.Exit(1)
+    typer.echo(f"wrote {output}: {res.written} rows" + (f"; skipped {len(res.skipped)}" if res.skipped else ""))
+    for uri, why in res.skipped[:20]:
+        typer.echo(f"  skipped {uri}: {why}", err=True)
+    if len(res.skipped) > 20:
+        typer.echo(f"  ... and {len(res.skipped) - 20} more", err=True)
+
+
+# ----------------------------------------------------------------------------- downscale
+
+
+@app.command()
+def downscale(
+    src: Annotated[str, typer.Argument(help="Folder / s3:// prefix (or one file) of HR images.")],
+    output: Annotated[str, typer.Option("--output", "-o", help="Folder / s3:// prefix for the LR PNGs.")],
+    factor: Annotated[int, typer.Option(help="Downscale factor (sides must be divisible by it).")] = 4,
+    s3_endpoint_url: Annotated[Optional[str], typer.Option(help="S3-compatible endpoint.")] = None,
+):
+    """HR images -> LR images with the degradation the search inverts."""
+    from pulse_ray.io import storage
+    from pulse_ray.job.tools import downscale_images
+
+    if s3_endpoint_url:
+        storage.set_s3_endpoint_url(s3_endpoint_url)
+    try:
+        res = downscale_images(src, output, factor)
+    except (ValueError, FileNotFoundError) as exc:
+        _fail_usage(str(exc))
+    except Exception as exc:
+        _err(f"{type(exc).__name__}: {exc}")
+        raise typer.Exit(1)
+    typer.echo(f"wrote {res.written} LR image(s) to {output}" + (f"; skipped {len(res.skipped)}" if res.skipped else ""))
+    for uri, why in res.skipped[:20]:
+        typer.echo(f"  skipped {uri}: {why}", err=True)
+
+
+# ----------------------------------------------------------------------------- upsample
+
+
+@app.command()
+def upsample(
+    inputs: Annotated[List[str], typer.Argument(help="LR image files and/or folders of them.")],
+    output: Annotated[str, typer.Option("--output", "-o", help="Folder for <stem>.png and metadata.parquet.")],
+    generator: Annotated[Optional[str], typer.Option(help="Generator name, path or URI (default: bundled).")] = None,
+    restarts: Annotated[int, typer.Option(help="Restarts per image.")] = 4,
+    steps: Annotated[int, typer.Option(help="Optimisation steps per restart.")] = 100,
+    eps: Annotated[float, typer.Option(help="Downscale-MSE threshold for 'converged'.")] = 2e-3,
+    seed: Annotated[int, typer.Option(help="Base seed.")] = 0,
+    batch_size: Annotated[int, typer.Option(help="Images per search batch.")] = 4,
+):
+    """Super-resolve images in this process (no Ray); prints each image's downscale MSE."""
+    from pulse_ray.job.local import upsample_files
+
+    for name, v, lo in (("--restarts", restarts, 1), ("--steps", steps, 1), ("--batch-size", batch_size, 1)):
+        if v < lo:
+            _fail_usage(f"{name} must be >= {lo} (got {v})")
+    if not eps > 0:
+        _fail_usage(f"--eps must be > 0 (got {eps})")
+
+    def show(row):
+        if row["status"] == "ok":
+            typer.echo(f"{row['id']}: downscale_mse={row['downscale_mse']:.3e} converged={'yes' if row['converged'] else 'no'} -> {row['sr_uri']}")
+        else:
+            typer.echo(f"{row['id']}: FAILED {row['error']}")
+
+    try:
+        res = upsample_files(inputs, output, generator=generator, restarts=restarts, steps=steps, eps=eps,
+                             seed=seed, batch_size=batch_size, on_row=show)
+    except (ValueError, FileNotFoundError) as exc:
+        _fail_usage(str(exc))
+    except KeyboardInterrupt:
+        _err("interrupted")
+        raise typer.Exit(130)
+    except Exception as exc:
+        _err(f"{type(exc).__name__}: {exc}")
+        raise typer.Exit(1)
+    st = res.table.column("status").to_pylist()
+    conv = res.table.column("converged").to_pylist()
+    ok = sum(s == "ok" for s in st)
+    nconv = sum(1 for s, c in zip(st, conv) if s == "ok" and c)
+    typer.echo(f"{ok}/{len(st)} ok, {nconv} converged, {res.seconds:.1f}s; metadata: {output}/metadata.parquet")
+
+
+@app.command(
+    "train",
+    context_settings={"allow_extra_args": True, "ignore_unknown_options": True},
+    add_help_option=False,
+)
+def train(ctx: typer.Context):
+    """Train (or resume training) a face generator on your own photos; `pulse-ray train --help`
+    lists the options (data source, run folder, minutes, export)."""
+    from pulse_ray.train.loop import main as train_main
+
+    raise typer.Exit(train_main(list(ctx.args)))
+
+
+@app.command(
+    "nightly",
+    context_settings={"allow_extra_args": True, "ignore_unknown_options": True},
+    add_help_option=False,
+)
+def nightly(ctx: typer.Context):
+    """Run submit on every new manifest under INPUT_PREFIX into OUTPUT_ROOT/<key>, with a ledger
+    (idempotent, resumes runs that died). `pulse-ray nightly --help` lists the options."""
+    from pulse_ray.job.nightly import main as nightly_main
+
+    raise typer.Exit(nightly_main(list(ctx.args), prog="pulse-ray nightly"))
+
+
+def main() -> None:  # python -m pulse_ray.cli
+    app()
+
+
+if __name__ == "__main__":
+    main()

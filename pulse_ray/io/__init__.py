@@ -1,0 +1,1 @@
+"""I/O: storage (local / file:// / s3://), manifests, image decode/validate/encode, face alignment."""

@@ -1,0 +1,181 @@
+"""Manifests: Parquet tables of LR inputs (``id`` + ``uri`` and/or ``image``).
+
+A manifest is a local path or ``s3://`` URI naming one Parquet file or a
+folder / prefix of Parquet files. Columns:
+
+* ``id`` (string, unique, required, never null)
+* ``uri`` (string: local path, ``file://`` or ``s3://``) and/or ``image``
+  (binary: encoded PNG / JPEG / WebP). A row uses ``image`` when it is not null,
+  else ``uri``.
+* anything else is carried into the metadata untouched (a column whose name
+  clashes with a metadata column is carried as ``input_<name>``).
+
+:func:`inspect_manifest` checks all of that up front and raises
+:class:`ManifestError` naming what is wrong and where.
+"""
+
+from __future__ import annotations
+
+import io
+import os
+from collections import Counter
+from dataclasses import dataclass, field
+
+import pyarrow as pa
+import pyarrow.parquet as pq
+
+from . import storage
+
+__all__ = ["ManifestError", "ManifestInfo", "manifest_files", "inspect_manifest", "write_table", "read_table"]
+
+
+class ManifestError(ValueError):
+    """The manifest cannot be used at all (CLI exit code 2, nothing written)."""
+
+
+@dataclass
+class ManifestInfo:
+    files: list[str]
+    ids: list[str]
+    schema: pa.Schema
+    has_uri: bool
+    has_image: bool
+    extra_columns: list[str] = field(default_factory=list)
+
+    @property
+    def num_rows(self) -> int:
+        return len(self.ids)
+
+
+def manifest_files(manifest: str) -> list[str]:
+    """The Parquet files a manifest names (a file, or every ``*.parquet`` below a folder/prefix)."""
+    manifest = os.fspath(manifest)
+    try:
+        if manifest.lower().endswith(".parquet") and storage.exists(manifest):
+            return [manifest]
+        files = storage.list_uris(manifest, suffix=".parquet")
+        if files:
+            return files
+        if storage.exists(manifest) and not storage.isdir(manifest):  # one file without the suffix
+            return [manifest]
+    except storage.StorageError as exc:
+        raise ManifestError(f"manifest {manifest}: {exc}") from None
+    except ValueError as exc:
+        raise ManifestError(f"manifest {manifest}: {exc}") from None
+    raise ManifestError(f"manifest {manifest}: no such file, and no *.parquet files under it")
+
+
+def read_table(uri: str, columns: list[str] | None = None) -> pa.Table:
+    """One Parquet file (local or S3) as a table."""
+    if storage.is_s3(uri):
+        fs, path = storage.arrow_filesystem(uri)
+        return pq.read_table(path, filesystem=fs, columns=columns)
+    return pq.read_table(storage.local_path(uri), columns=columns)
+
+
+def _read_schema(uri: str) -> pa.Schema:
+    if storage.is_s3(uri):
+        fs, path = storage.arrow_filesystem(uri)
+        with fs.open_input_file(path) as f:
+            return pq.read_schema(f)
+    return pq.read_schema(storage.local_path(uri))
+
+
+def write_table(table: pa.Table, uri: str) -> None:
+    """Write one Parquet file atomically (temp + rename locally, one PUT on S3)."""
+    buf = io.BytesIO()
+    pq.write_table(table, buf)
+    storage.write_bytes(uri, buf.getvalue())
+
+
+def _is_string(t: pa.DataType) -> bool:
+    return pa.types.is_string(t) or pa.types.is_large_string(t) or pa.types.is_dictionary(t) and _is_string(t.value_type)
+
+
+def _is_binary(t: pa.DataType) -> bool:
+    return pa.types.is_binary(t) or pa.types.is_large_binary(t) or pa.types.is_fixed_size_binary(t)
+
+
+def inspect_manifest(manifest: str) -> ManifestInfo:
+    """Validate a manifest and return its files, ids and schema.
+
+    Raises :class:`ManifestError` for: no Parquet files, an unreadable Parquet
+    file, a missing / non-string ``id`` column, null ids, duplicate ids, no
+    ``uri`` / ``image`` column (or one of the wrong type), or files whose
+    schemas do not agree.
+    """
+    files = manifest_files(manifest)
+    schemas: list[pa.Schema] = []
+    ids: list[str] = []
+    where: dict[str, str] = {}
+    dupes: list[tuple[str, str, str]] = []
+    for uri in files:
+        try:
+            schema = _read_schema(uri)
+        except Exception as exc:  # ArrowInvalid, OSError, ...
+            raise ManifestError(f"manifest file {uri}: not a readable Parquet file ({_short(exc)})") from None
+        names = schema.names
+        if "id" not in names:
+            raise ManifestError(f"manifest file {uri}: no 'id' column (columns: {', '.join(names) or 'none'})")
+        if not _is_string(schema.field("id").type):
+            raise ManifestError(
+                f"manifest file {uri}: column 'id' must be a string, not {schema.field('id').type}"
+            )
+        if "uri" not in names and "image" not in names:
+            raise ManifestError(
+                f"manifest file {uri}: no image column: needs 'uri' (string) or 'image' (binary); "
+                f"columns: {', '.join(names)}"
+            )
+        if "uri" in names and not _is_string(schema.field("uri").type):
+            raise ManifestError(f"manifest file {uri}: column 'uri' must be a string, not {schema.field('uri').type}")
+        if "image" in names and not _is_binary(schema.field("image").type):
+            raise ManifestError(
+                f"manifest file {uri}: column 'image' must be binary (encoded PNG/JPEG/WebP), "
+                f"not {schema.field('image').type}"
+            )
+        try:
+            col = read_table(uri, columns=["id"]).column("id")
+        except Exception as exc:
+            raise ManifestError(f"manifest file {uri}: cannot read column 'id' ({_short(exc)})") from None
+        if col.null_count:
+            first = next(i for i, v in enumerate(col.to_pylist()) if v is None)
+            raise ManifestError(f"manifest file {uri}: {col.null_count} null id(s), first at row {first}")
+        for i, v in enumerate(col.to_pylist()):
+            loc = f"{uri} row {i}"
+            if v in where:
+                dupes.append((v, where[v], loc))
+            else:
+                where[v] = loc
+            ids.append(v)
+        schemas.append(schema)
+    if dupes:
+        n = len(dupes)
+        shown = "; ".join(f"{v!r} at {a} and {b}" for v, a, b in dupes[:5])
+        more = f" (and {n - 5} more)" if n > 5 else ""
+        raise ManifestError(f"manifest {manifest}: {n} duplicate id(s): {shown}{more}")
+    try:
+        schema = pa.unify_schemas(schemas, promote_options="permissive") if len(schemas) > 1 else schemas[0]
+    except (pa.ArrowInvalid, pa.ArrowTypeError) as exc:
+        raise ManifestError(f"manifest {manifest}: the Parquet files' schemas disagree ({_short(exc)})") from None
+    names = schema.names
+    if len(files) > 1:
+        for s, uri in zip(schemas, files):
+            missing = {"uri", "image"} & set(names) - set(s.names)
+            if missing:
+                raise ManifestError(
+                    f"manifest file {uri}: lacks column(s) {sorted(missing)} that other manifest files have"
+                )
+    extra = [n for n in names if n not in ("id", "uri", "image")]
+    return ManifestInfo(
+        files=files,
+        ids=ids,
+        schema=schema,
+        has_uri="uri" in names,
+        has_image="image" in names,
+        extra_columns=extra,
+    )
+
+
+def _short(exc: Exception, limit: int = 300) -> str:
+    s = str(exc).strip().splitlines()[0] if str(exc).strip() else type(exc).__name__
+    return s if len(s) <= limit else s[: limit - 3] + "..."

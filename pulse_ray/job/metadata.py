@@ -1,0 +1,214 @@
+"""Per-image metadata under ``OUT/metadata/``: schema, writing, reading, dedup, compaction.
+
+Layout::
+
+    OUT/sr/<id>.png                      SR image of each ``ok`` row
+    OUT/sr/<id>/r<k>.png                 every restart (``--keep-restarts``)
+    OUT/metadata/part-<hash>.parquet     one file per written batch (atomic)
+    OUT/restarts/part-<hash>.parquet     one row per restart (``--keep-restarts``)
+
+Resume reads ``OUT/metadata/`` to find ids that already have an ``ok`` row.
+Duplicate rows for one id can exist for a while (a retried id, ``--overwrite``,
+an interrupted compaction); the rule every reader applies — and that
+:func:`compact` materialises at the end of each completed ``submit`` — is:
+**one row per id: an ``ok`` row beats a ``failed`` one; among equals the latest
+``finished_at`` wins.** After a completed ``submit`` the folder holds exactly one
+row per id.
+"""
+
+from __future__ import annotations
+
+import hashlib
+import uuid
+
+import pyarrow as pa
+import pyarrow.compute as pc
+
+from pulse_ray.io import storage
+from pulse_ray.io.manifest import read_table, write_table
+
+__all__ = [
+    "METADATA_DIR",
+    "RESTARTS_DIR",
+    "SR_DIR",
+    "METADATA_FIELDS",
+    "RESTART_FIELDS",
+    "part_name",
+    "metadata_files",
+    "read_metadata",
+    "read_restarts",
+    "done_ids",
+    "dedup",
+    "compact",
+]
+
+METADATA_DIR = "metadata"
+RESTARTS_DIR = "restarts"
+SR_DIR = "sr"
+
+TS = pa.timestamp("us", tz="UTC")
+
+# Fixed metadata columns (manifest extra columns follow them).
+METADATA_FIELDS = [
+    pa.field("id", pa.string()),
+    pa.field("status", pa.string()),  # "ok" | "failed"
+    pa.field("error", pa.string()),  # null when ok
+    pa.field("error_kind", pa.string()),  # short category for grouping, null when ok
+    pa.field("sr_uri", pa.string()),
+    pa.field("lr_width", pa.int32()),
+    pa.field("lr_height", pa.int32()),
+    pa.field("factor", pa.int32()),
+    pa.field("downscale_mse", pa.float64()),
+    pa.field("converged", pa.bool_()),
+    pa.field("restart", pa.int32()),  # index of the best restart
+    pa.field("steps", pa.int32()),  # steps the best restart ran
+    pa.field("seed", pa.int64()),  # seed of the best restart
+    pa.field("restarts", pa.int32()),  # restarts requested
+    pa.field("eps", pa.float64()),
+    pa.field("generator", pa.string()),
+    pa.field("seconds", pa.float64()),  # search wall time of the batch / images in it
+    pa.field("worker", pa.string()),  # host:pid of the search actor
+    pa.field("finished_at", TS),
+]
+METADATA_NAMES = [f.name for f in METADATA_FIELDS]
+
+RESTART_FIELDS = [
+    pa.field("id", pa.string()),
+    pa.field("restart", pa.int32()),
+    pa.field("best", pa.bool_()),
+    pa.field("sr_uri", pa.string()),
+    pa.field("downscale_mse", pa.float64()),
+    pa.field("converged", pa.bool_()),
+    pa.field("steps", pa.int32()),
+    pa.field("seed", pa.int64()),
+    pa.field("generator", pa.string()),
+    pa.field("finished_at", TS),
+]
+
+
+def part_name(ids: list[str], salt: str = "") -> str:
+    """Deterministic file name for a batch: a retried batch overwrites its own part."""
+    h = hashlib.sha1()
+    h.update(salt.encode())
+    for i in ids:
+        h.update(b"\0")
+        h.update(i.encode("utf-8", "surrogatepass"))
+    return f"part-{h.hexdigest()[:20]}.parquet"
+
+
+def metadata_files(out: str, sub: str = METADATA_DIR) -> list[str]:
+    return storage.list_uris(storage.join(out, sub), suffix=".parquet")
+
+
+def _read_all(files: list[str], columns: list[str] | None = None) -> pa.Table | None:
+    tables = []
+    for f in files:
+        try:
+            t = read_table(f, columns=columns)
+        except FileNotFoundError:  # compacted away between list and read
+            continue
+        tables.append(t)
+    if not tables:
+        return None
+    return pa.concat_tables(tables, promote_options="permissive")
+
+
+def dedup(table: pa.Table) -> pa.Table:
+    """One row per id: ok beats failed, then latest ``finished_at`` (then last written)."""
+    if table.num_rows == 0:
+        return table
+    n = table.num_rows
+    ok = pc.equal(table.column("status"), "ok").fill_null(False)
+    if "finished_at" in table.column_names:
+        fin = pc.fill_null(table.column("finished_at").cast(pa.int64()), -1)
+    else:
+        fin = pa.array([0] * n, pa.int64())
+    work = pa.table(
+        {
+            "id": table.column("id"),
+            "_ok": pc.cast(ok, pa.int8()),
+            "_fin": fin,
+            "_pos": pa.array(range(n), pa.int64()),
+        }
+    )
+    work = work.sort_by([("id", "ascending"), ("_ok", "descending"), ("_fin", "descending"), ("_pos", "descending")])
+    ids = work.column("id").to_pylist()
+    pos = work.column("_pos").to_pylist()
+    keep = [pos[i] for i in range(n) if i == 0 or ids[i] != ids[i - 1]]
+    keep.sort()
+    return table.take(pa.array(keep, pa.int64()))
+
+
+def read_metadata(out: str, *, dedup_rows: bool = True, columns: list[str] | None = None) -> pa.Table:
+    """All metadata rows under ``OUT/metadata/`` (deduplicated by id unless told not to)."""
+    cols = None
+    if columns is not None:
+        cols = list(dict.fromkeys(["id", "status", "finished_at", *columns]))
+    t = _read_all(metadata_files(out), columns=cols)
+    if t is None:
+        return pa.schema(METADATA_FIELDS).empty_table()
+    if dedup_rows:
+        t = dedup(t)
+    if columns is not None:
+        t = t.select(columns)
+    return t
+
+
+def read_restarts(out: str) -> pa.Table:
+    """Per-restart rows (``--keep-restarts``), one per (id, restart), latest wins."""
+    t = _read_all(metadata_files(out, RESTARTS_DIR))
+    if t is None:
+        return pa.schema(RESTART_FIELDS).empty_table()
+    # latest finished_at per (id, restart)
+    n = t.num_rows
+    work = pa.table(
+        {
+            "id": t.column("id"),
+            "restart": t.column("restart"),
+            "_fin": pc.fill_null(t.column("finished_at").cast(pa.int64()), -1),
+            "_pos": pa.array(range(n), pa.int64()),
+        }
+    ).sort_by([("id", "ascending"), ("restart", "ascending"), ("_fin", "descending"), ("_pos", "descending")])
+    ids = work.column("id").to_pylist()
+    rs = work.column("restart").to_pylist()
+    pos = work.column("_pos").to_pylist()
+    keep = sorted(pos[i] for i in range(n) if i == 0 or (ids[i], rs[i]) != (ids[i - 1], rs[i - 1]))
+    return t.take(pa.array(keep, pa.int64()))
+
+
+def done_ids(out: str) -> set[str]:
+    """Ids that already have an ``ok`` row in OUT's metadata."""
+    t = _read_all(metadata_files(out), columns=["id", "status"])
+    if t is None:
+        return set()
+    mask = pc.equal(t.column("status"), "ok").fill_null(False)
+    return set(t.filter(mask).column("id").to_pylist())
+
+
+def compact(out: str, sub: str = METADATA_DIR) -> int:
+    """Rewrite ``OUT/<sub>/`` as one deduplicated part; returns its row count.
+
+    Crash-safe: the new part is written (atomically) before the old ones are
+    removed, and readers dedup, so a crash in between only leaves duplicates
+    that every reader already resolves.
+    """
+    files = metadata_files(out, sub)
+    if not files:
+        return 0
+    t = _read_all(files)
+    if t is None:
+        return 0
+    if sub == METADATA_DIR:
+        d = dedup(t)
+    else:
+        d = read_restarts(out)
+    if len(files) == 1 and d.num_rows == t.num_rows:
+        return d.num_rows
+    if "id" in d.column_names and d.num_rows:
+        d = d.sort_by([("id", "ascending")])
+    target = storage.join(out, sub, f"part-compact-{uuid.uuid4().hex[:12]}.parquet")
+    write_table(d, target)
+    for f in files:
+        if f != target:
+            storage.delete(f)
+    return d.num_rows

@@ -1,0 +1,143 @@
+"""``make-manifest`` and ``downscale``: image folders / prefixes -> manifests / LR images."""
+
+from __future__ import annotations
+
+import io
+import os
+import posixpath
+from dataclasses import dataclass, field
+
+import pyarrow as pa
+
+from pulse_ray.io import images, storage
+from pulse_ray.io.manifest import write_table
+
+__all__ = ["list_images", "make_manifest", "downscale_images", "ToolResult"]
+
+
+@dataclass
+class ToolResult:
+    written: int = 0
+    skipped: list = field(default_factory=list)  # (uri, reason)
+    output: str = ""
+
+
+def list_images(src: str) -> list[tuple[str, str]]:
+    """``(uri, relative posix path)`` of every image under a folder / prefix (or one file)."""
+    src = os.fspath(src)
+    uris = storage.list_uris(src, suffix=images.IMAGE_SUFFIXES)
+    if not uris:
+        if storage.exists(src) and not storage.isdir(src) and src.lower().endswith(images.IMAGE_SUFFIXES):
+            return [(src, posixpath.basename(src.replace(os.sep, "/")))]
+        return []
+    out = []
+    if storage.is_s3(src) or src.startswith("file://"):
+        base = src.rstrip("/") + "/"
+        for u in uris:
+            out.append((u, u[len(base):]))
+    else:
+        root = storage.local_path(src)
+        for u in uris:
+            out.append((u, os.path.relpath(u, root).replace(os.sep, "/")))
+    return out
+
+
+def _ids_for(rels: list[str]) -> list[str]:
+    """Relative path without its extension; with it where two files would collide."""
+    stems = [posixpath.splitext(r)[0] for r in rels]
+    seen: dict[str, int] = {}
+    for s in stems:
+        seen[s] = seen.get(s, 0) + 1
+    return [s if seen[s] == 1 else r for s, r in zip(stems, rels)]
+
+
+def _abs_uri(u: str) -> str:
+    if storage.is_s3(u) or u.startswith("file://"):
+        return u
+    return os.path.abspath(u)
+
+
+def make_manifest(src: str, manifest: str, *, align: bool = False, lr_size: int | None = None) -> ToolResult:
+    """Folder / ``s3://`` prefix of images -> manifest (Parquet).
+
+    Without ``align``: columns ``id, uri`` (absolute paths / URIs; nothing is read).
+    With ``align``: each image's largest face is found (OpenCV cascade), cropped
+    square and resized to ``lr_size`` px (default 16); columns ``id, image`` (PNG
+    bytes) and ``source_uri``. Images without a face are skipped and reported.
+    """
+    if lr_size is not None and not align:
+        raise ValueError("--lr-size only applies with --align")
+    if lr_size is not None and lr_size < 1:
+        raise ValueError(f"--lr-size must be >= 1 (got {lr_size})")
+    found = list_images(src)
+    if not found:
+        raise FileNotFoundError(f"no images ({', '.join(images.IMAGE_SUFFIXES)}) under {src}")
+    ids = _ids_for([r for _, r in found])
+    res = ToolResult(output=str(manifest))
+    if not align:
+        table = pa.table({"id": pa.array(ids, pa.string()), "uri": pa.array([_abs_uri(u) for u, _ in found], pa.string())})
+        write_table(table, manifest)
+        res.written = table.num_rows
+        return res
+    from PIL import Image
+
+    from pulse_ray.io.align import align_face
+
+    size = lr_size or 16
+    out_ids, blobs, sources = [], [], []
+    for (uri, _), rid in zip(found, ids):
+        try:
+            arr = images.decode_image(storage.read_bytes(uri), where=uri)
+            face = align_face(Image.fromarray(arr, "RGB"), size)
+        except Exception as exc:
+            res.skipped.append((uri, str(exc)))
+            continue
+        if face is None:
+            res.skipped.append((uri, "no face found"))
+            continue
+        buf = io.BytesIO()
+        face.convert("RGB").save(buf, format="PNG")
+        out_ids.append(rid)
+        blobs.append(buf.getvalue())
+        sources.append(_abs_uri(uri))
+    table = pa.table(
+        {
+            "id": pa.array(out_ids, pa.string()),
+            "image": pa.array(blobs, pa.binary()),
+            "source_uri": pa.array(sources, pa.string()),
+        }
+    )
+    write_table(table, manifest)
+    res.written = table.num_rows
+    return res
+
+
+def downscale_images(src: str, out: str, factor: int) -> ToolResult:
+    """HR images -> LR images (``pulse_ray.downscale``, the degradation the search
+    inverts) at ``OUT/<same relative path>.png``. Images whose sides the factor does
+    not divide are skipped and reported."""
+    import numpy as np
+    import torch
+
+    import pulse_ray
+
+    if factor < 1:
+        raise ValueError(f"--factor must be >= 1 (got {factor})")
+    found = list_images(src)
+    if not found:
+        raise FileNotFoundError(f"no images ({', '.join(images.IMAGE_SUFFIXES)}) under {src}")
+    res = ToolResult(output=str(out))
+    for uri, rel in found:
+        try:
+            arr = images.decode_image(storage.read_bytes(uri), where=uri)
+            h, w = arr.shape[:2]
+            if h % factor or w % factor:
+                raise ValueError(f"{w}x{h} is not divisible by factor {factor}")
+            hr = torch.from_numpy(arr.copy()).permute(2, 0, 1).float().div(255.0)[None]
+            lr = pulse_ray.downscale(hr, factor)[0]
+            target = storage.join(out, posixpath.splitext(rel)[0] + ".png")
+            storage.write_bytes(target, images.encode_png(lr.clamp(0, 1)))
+            res.written += 1
+        except Exception as exc:
+            res.skipped.append((uri, str(exc)))
+    return res

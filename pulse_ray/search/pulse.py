@@ -1,0 +1,262 @@
+"""The PULSE latent search, batched: every restart of every image runs in one generator batch.
+
+Each (image, restart) pair is an independent *search* with its own seed, optimizer state and
+step count. Searches fill a fixed number of *slots*; when one finishes (all steps, or converged
+and no longer improving when ``early_stop`` is on) its slot is refilled at once from the queue
+(continuous batching). Losses are per sample, so an image's result does not depend on what else
+is in the batch.
+"""
+
+from __future__ import annotations
+
+import hashlib
+from dataclasses import dataclass, field
+
+import torch
+
+from ..models.generator import Generator, load_generator
+from .downscale import MAX_FACTOR, downscale
+from .losses import l2_per_sample, loss_per_sample, parse_loss
+from .optim import BatchedSphericalOptimizer
+
+NOISE_TYPES = ("zero", "fixed", "trainable")
+
+
+@dataclass
+class SearchResult:
+    """The outcome of one image (or one restart of it)."""
+
+    image: torch.Tensor  # [3, R, R] in [0, 1], the best iterate
+    downscale_mse: float  # MSE between DS(image) and the LR input
+    converged: bool  # downscale_mse <= eps
+    restart: int  # which restart produced it
+    steps: int  # optimizer steps that restart ran
+    seed: int  # the seed of that restart's search
+    restarts: list = field(default_factory=list)  # per-restart results with keep_restarts=True
+
+
+def check_lr_size(height: int, width: int, resolution: int) -> int:
+    """The power-of-two factor from an LR size to the generator's resolution, or a clear ValueError."""
+    if height != width:
+        raise ValueError(f"LR image is {width}x{height}: PULSE needs a square image "
+                         f"(crop it to a square face first, e.g. pulse-ray make-manifest --align)")
+    if height <= 0 or height >= resolution or resolution % height:
+        raise ValueError(f"LR image is {width}x{height}: its size must divide the generator's resolution "
+                         f"{resolution} by a power of two from 2 to {MAX_FACTOR} "
+                         f"(valid sizes: {valid_lr_sizes(resolution)})")
+    factor = resolution // height
+    if factor & (factor - 1) or factor > MAX_FACTOR:
+        raise ValueError(f"LR image is {width}x{height}: {resolution}/{height} = {factor} is not a power of two "
+                         f"from 2 to {MAX_FACTOR} (valid sizes: {valid_lr_sizes(resolution)})")
+    return factor
+
+
+def valid_lr_sizes(resolution: int) -> str:
+    sizes = [resolution // f for f in (2**k for k in range(1, 7)) if resolution // f >= 1 and resolution % f == 0]
+    return ", ".join(f"{s}x{s}" for s in sizes)
+
+
+def search_seed(seed: int, key: str, restart: int) -> int:
+    """A 63-bit seed from (seed, image id, restart), independent of batching and workers."""
+    digest = hashlib.sha256(f"{seed}\x00{key}\x00{restart}".encode()).digest()
+    return int.from_bytes(digest[:8], "big") >> 1
+
+
+def _prepare_lr(img: torch.Tensor, index: int) -> torch.Tensor:
+    if not torch.is_tensor(img) or img.dim() != 3:
+        raise ValueError(f"LR image {index}: expected a [C, h, w] tensor, got "
+                         f"{list(img.shape) if torch.is_tensor(img) else type(img).__name__}")
+    c = img.shape[0]
+    if c == 1:
+        img = img.expand(3, -1, -1)
+    elif c == 4:
+        img = img[:3]  # RGBA: colour channels only
+    elif c != 3:
+        raise ValueError(f"LR image {index}: {c} channels; expected 1 (grey), 3 (RGB) or 4 (RGBA)")
+    img = img.float()
+    if not torch.isfinite(img).all():
+        raise ValueError(f"LR image {index}: contains NaN or infinite values")
+    if img.max() > 2.0 and img.min() >= 0 and (img == img.round()).all():
+        raise ValueError(f"LR image {index}: integer values up to {img.max().item():.0f} look like 8-bit "
+                         f"pixels; divide by 255 to get [0, 1]")
+    return img
+
+
+class _Searches:
+    """Slot storage: latents, noise, optimizer, best iterate per slot."""
+
+    def __init__(self, g: Generator, slots: int, opts: dict):
+        self.g, self.opts, dev = g, opts, g.device
+        n = 1 if opts["tile_latent"] else g.num_layers
+        self.latent = torch.zeros(slots, n, 512, device=dev)
+        bad = {int(x) for x in str(opts["bad_noise_layers"]).split(".") if x.strip() != ""}
+        self.trainable, self.fixed_noise, self.noise_kind = [], [], []
+        for i, shape in enumerate(g.synthesis.noise_shapes(slots)):
+            if opts["noise_type"] == "zero" or i in bad:
+                kind = "zero"
+            elif opts["noise_type"] == "trainable" and i < opts["num_trainable_noise_layers"]:
+                kind = "trainable"
+            else:
+                kind = "fixed"
+            self.noise_kind.append(kind)
+            buf = torch.zeros(shape, device=dev)
+            (self.trainable if kind == "trainable" else self.fixed_noise).append(buf)
+        self.opt = BatchedSphericalOptimizer(opts["optimizer"], [self.latent, *self.trainable],
+                                             opts["learning_rate"], opts["lr_schedule"], opts["steps"])
+        self.best_mse = torch.full((slots,), float("inf"))
+        self.best_step = torch.zeros(slots, dtype=torch.long)
+        self.best_image = torch.zeros(slots, 3, g.resolution, g.resolution)
+
+    def start(self, slot: int, seed: int) -> None:
+        """Initialise slot ``slot`` for a new search drawn from ``seed`` (on the CPU, so any device agrees)."""
+        gen = torch.Generator().manual_seed(seed)
+        self.latent[slot] = torch.randn(self.latent.shape[1:], generator=gen).to(self.latent.device)
+        ti = fi = 0
+        for kind, shape in zip(self.noise_kind, self.g.synthesis.noise_shapes(1)):
+            if kind == "zero":
+                fi += 1
+                continue
+            sample = torch.randn(shape[1:], generator=gen).to(self.latent.device)
+            if kind == "trainable":
+                self.trainable[ti][slot] = sample
+                ti += 1
+            else:
+                self.fixed_noise[fi][slot] = sample
+                fi += 1
+        self.opt.reset_slots(torch.tensor([slot]))
+        self.best_mse[slot] = float("inf")
+        self.best_step[slot] = 0
+
+    def noise_for(self, rows: torch.Tensor, trainable: list) -> list:
+        out, ti, fi = [], 0, 0
+        for kind in self.noise_kind:
+            if kind == "trainable":
+                out.append(trainable[ti])
+                ti += 1
+            else:
+                out.append(self.fixed_noise[fi][rows])
+                fi += 1
+        return out
+
+
+def upsample(lr_batch, generator: Generator | str | None = None, *, restarts: int = 4, steps: int = 100,
+             eps: float = 2e-3, seed: int = 0, ids=None, keep_restarts: bool = False,
+             loss: str = "100*L2+0.05*GEOCROSS", optimizer: str = "adam", learning_rate: float = 0.4,
+             lr_schedule: str = "linear1cycledrop", noise_type: str = "trainable",
+             num_trainable_noise_layers: int = 5, bad_noise_layers: str = "17", tile_latent: bool = False,
+             batch_size: int | None = None, early_stop: bool = True, patience: int = 5,
+             skip_converged_restarts: bool = False) -> list[SearchResult]:
+    """Super-resolve LR faces with PULSE; one :class:`SearchResult` per input image.
+
+    ``lr_batch``: ``[B, C, h, w]`` in [0, 1] or a list of ``[C, h, w]`` (sizes may differ).
+    ``restarts`` independent searches per image, seeded from (``seed``, id, restart); the result
+    is the lowest-downscale-error iterate of the best restart, with ``converged=False`` when
+    no iterate reached ``eps``. ``early_stop`` lets a converged search that stopped improving
+    for ``patience`` steps leave the batch; ``skip_converged_restarts`` drops an image's
+    remaining restarts once one has converged.
+    """
+    g = generator if isinstance(generator, Generator) else load_generator(generator)
+    g.require_gaussian_fit()
+    images = list(lr_batch) if not torch.is_tensor(lr_batch) else list(lr_batch.unbind(0)) \
+        if lr_batch.dim() == 4 else None
+    if images is None:
+        raise ValueError(f"lr_batch must be [B, C, h, w] or a list of [C, h, w], got shape {list(lr_batch.shape)}")
+    if restarts < 1 or steps < 1:
+        raise ValueError(f"restarts and steps must be >= 1 (got restarts={restarts}, steps={steps})")
+    if noise_type not in NOISE_TYPES:
+        raise ValueError(f"unknown noise type {noise_type!r} (known: {', '.join(NOISE_TYPES)})")
+    if eps < 0:
+        raise ValueError(f"eps must be >= 0, got {eps}")
+    keys = [str(k) for k in ids] if ids is not None else [str(i) for i in range(len(images))]
+    if len(keys) != len(images):
+        raise ValueError(f"{len(keys)} ids for {len(images)} images")
+    if not images:
+        return []
+    terms = parse_loss(loss)
+    refs, factors = [], []
+    for i, img in enumerate(images):
+        img = _prepare_lr(img, i)
+        factors.append(check_lr_size(img.shape[1], img.shape[2], g.resolution))
+        refs.append(img.to(g.device))
+
+    queue = [(i, r) for i in range(len(images)) for r in range(restarts)]
+    slots = min(len(queue), batch_size or g.default_batch_size())
+    opts = dict(tile_latent=tile_latent, bad_noise_layers=bad_noise_layers, noise_type=noise_type,
+                num_trainable_noise_layers=num_trainable_noise_layers, optimizer=optimizer,
+                learning_rate=learning_rate, lr_schedule=lr_schedule, steps=steps)
+    s = _Searches(g, slots, opts)
+    owner: list = [None] * slots  # (image, restart, seed) per slot
+    outcome = {}  # (image, restart) -> SearchResult
+    converged_images = set()
+    mean, std = g.gaussian_fit["mean"], g.gaussian_fit["std"]
+
+    def fill(slot: int) -> None:
+        while queue:
+            i, r = queue.pop(0)
+            if skip_converged_restarts and i in converged_images:
+                continue
+            sd = search_seed(seed, keys[i], r)
+            s.start(slot, sd)
+            owner[slot] = (i, r, sd)
+            return
+        owner[slot] = None
+
+    for slot in range(slots):
+        fill(slot)
+
+    while any(o is not None for o in owner):
+        active = [k for k, o in enumerate(owner) if o is not None]
+        if len(active) == 1:
+            # convolution kernels round differently at batch 1: run a lone search twice
+            # (same slot) so its numbers match any other batch it could have run in
+            active = active * 2
+        rows = torch.tensor(active)
+        rows_dev = rows.to(g.device)
+        latent = s.latent[rows_dev].clone().requires_grad_(True)
+        trainable = [t[rows_dev].clone().requires_grad_(True) for t in s.trainable]
+        w = latent.expand(-1, g.num_layers, -1) if tile_latent else latent
+        w = torch.nn.functional.leaky_relu(w * std + mean, 0.2)
+        hr = (g.synthesize(w, s.noise_for(rows_dev, trainable)) + 1) / 2
+        total = hr.new_zeros(())
+        mse = torch.zeros(len(active))
+        for f in sorted({factors[owner[k][0]] for k in active}):
+            members = [j for j, k in enumerate(active) if factors[owner[k][0]] == f]
+            # a group of one runs as two rows: kernels (convolutions, reductions) take other
+            # code paths for a single row, and the numbers must not depend on the batch
+            rows_f = members * 2 if len(members) == 1 else members
+            gen_lr = downscale(hr[rows_f], f)
+            ref = torch.stack([refs[owner[active[j]][0]] for j in rows_f])
+            per_sample, _ = loss_per_sample(terms, w[rows_f], gen_lr, ref, eps)
+            total = total + per_sample[:len(members)].sum()
+            mse[members] = l2_per_sample(gen_lr, ref).detach().cpu()[:len(members)]
+        grads = torch.autograd.grad(total, [latent, *trainable])
+        # best iterate per slot (this step's image is the one before the update)
+        step_now = s.opt.step_count[rows].clone()
+        improved = mse < s.best_mse[rows]
+        if improved.any():
+            idx = rows[improved]
+            s.best_mse[idx] = mse[improved]
+            s.best_step[idx] = step_now[improved]
+            s.best_image[idx] = hr.detach()[improved.to(hr.device)].clamp(0, 1).cpu().float()
+        s.opt.step([gr.detach() for gr in grads], rows_dev)
+        for k in sorted(set(active)):
+            done_steps = int(s.opt.step_count[k])
+            conv = bool(s.best_mse[k] <= eps)
+            finished = done_steps >= steps or (
+                early_stop and conv and done_steps - int(s.best_step[k]) > patience)
+            if finished:
+                i, r, sd = owner[k]
+                outcome[(i, r)] = SearchResult(image=s.best_image[k].clone(), downscale_mse=float(s.best_mse[k]),
+                                               converged=conv, restart=r, steps=done_steps, seed=sd)
+                if conv:
+                    converged_images.add(i)
+                fill(k)
+
+    results = []
+    for i in range(len(images)):
+        runs = [outcome[(i, r)] for r in range(restarts) if (i, r) in outcome]
+        best = min(runs, key=lambda x: x.downscale_mse)
+        results.append(SearchResult(image=best.image, downscale_mse=best.downscale_mse, converged=best.converged,
+                                    restart=best.restart, steps=best.steps, seed=best.seed,
+                                    restarts=runs if keep_restarts else []))
+    return results

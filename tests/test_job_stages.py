@@ -1,0 +1,144 @@
+"""The job's stages and metadata, in-process (no Ray), with a fake search."""
+
+from __future__ import annotations
+
+import os
+from datetime import datetime, timedelta, timezone
+
+import pyarrow as pa
+import pytest
+
+from pulse_ray.io import storage
+from pulse_ray.io.manifest import write_table
+from pulse_ray.job import metadata as md
+from pulse_ray.job.stages import SearchStage, prepare_batch, write_batch
+
+from .conftest import FakeGen, bomb_png, fake_upsample, png_bytes
+
+
+def _run(table, out, keep_restarts=False, skip=frozenset()):
+    t = prepare_batch(table, resolution=32, bases=[], skip_ids=skip)
+    t = SearchStage(upsample_fn=fake_upsample, generator_obj=FakeGen(), restarts=2, steps=3,
+                    keep_restarts=keep_restarts)(t)
+    return write_batch(t, out=out, keep_restarts=keep_restarts)
+
+
+def test_bad_rows_become_failed_rows_and_good_ones_complete(tmp_path):
+    (tmp_path / "ok.png").write_bytes(png_bytes(8, 8, 1))
+    (tmp_path / "trunc.png").write_bytes(png_bytes(16, 16, 2)[:60])
+    rows = [
+        ("good/bytes", png_bytes(16, 16, 0), None),
+        ("good/uri", None, str(tmp_path / "ok.png")),
+        ("missing", None, str(tmp_path / "nope.png")),
+        ("truncated", None, str(tmp_path / "trunc.png")),
+        ("garbage", b"not an image", None),
+        ("badsize", png_bytes(12, 12), None),
+        ("notsquare", png_bytes(8, 16), None),
+        ("bomb", bomb_png(), None),
+        ("../escape", png_bytes(8, 8), None),
+        ("", png_bytes(8, 8), None),
+        ("ctl\x07", png_bytes(8, 8), None),
+        ("/abs", png_bytes(8, 8), None),
+        ("x" * 600, png_bytes(8, 8), None),
+        ("noimage", None, None),
+    ]
+    table = pa.table({
+        "id": pa.array([r[0] for r in rows], pa.string()),
+        "image": pa.array([r[1] for r in rows], pa.binary()),
+        "uri": pa.array([r[2] for r in rows], pa.string()),
+        "status": pa.array(["from-manifest"] * len(rows)),  # clashes with a metadata column
+        "tag": pa.array(list(range(len(rows))), pa.int16()),
+    })
+    out = str(tmp_path / "out")
+    progress = _run(table, out)
+    assert progress.num_rows == len(rows)
+    meta = md.read_metadata(out)
+    by = {r["id"]: r for r in meta.to_pylist()}
+    assert set(by) == {r[0] for r in rows}
+    assert by["good/bytes"]["status"] == "ok" and by["good/bytes"]["factor"] == 2
+    assert by["good/uri"]["status"] == "ok" and by["good/uri"]["factor"] == 4
+    assert by["good/uri"]["sr_uri"] == os.path.join(out, "sr", "good/uri.png")
+    assert storage.exists(by["good/bytes"]["sr_uri"])
+    expect = {
+        "missing": ("missing_image", "no such file"),
+        "truncated": (None, "truncated|corrupt"),
+        "garbage": ("bad_image", "not a readable image"),
+        "badsize": ("bad_size", "12x12"),
+        "notsquare": ("bad_size", "square"),
+        "bomb": ("too_large", "decompression bomb"),
+        "../escape": ("unsafe_id", "'..' path segment"),
+        "": ("unsafe_id", "empty"),
+        "ctl\x07": ("unsafe_id", "control characters"),
+        "/abs": ("unsafe_id", "absolute"),
+        "x" * 600: ("unsafe_id", "512-byte limit"),
+        "noimage": ("bad_image", "no image"),
+    }
+    import re
+
+    for rid, (kind, pattern) in expect.items():
+        r = by[rid]
+        assert r["status"] == "failed" and r["sr_uri"] is None, rid
+        assert re.search(pattern, r["error"]), (rid, r["error"])
+        if kind:
+            assert r["error_kind"] == kind, (rid, r["error_kind"])
+    # manifest columns carried untouched; a clashing one renamed
+    assert by["bomb"]["tag"] == 7 and meta.schema.field("tag").type == pa.int16()
+    assert by["good/uri"]["input_status"] == "from-manifest"
+    # nothing outside OUT/sr except metadata; no stray files
+    written = sorted(os.path.relpath(os.path.join(d, f), out) for d, _, fs in os.walk(out) for f in fs)
+    assert [w for w in written if not w.startswith("metadata/")] == ["sr/good/bytes.png", "sr/good/uri.png"]
+
+
+def test_keep_restarts_and_skip_ids(tmp_path):
+    table = pa.table({"id": ["a", "b"], "image": pa.array([png_bytes(8, 8, 1), png_bytes(8, 8, 2)], pa.binary())})
+    out = str(tmp_path / "o")
+    prog = _run(table, out, keep_restarts=True, skip=frozenset({"b"}))
+    assert prog.column("id").to_pylist() == ["a"]
+    assert sorted(os.listdir(os.path.join(out, "sr", "a"))) == ["r0.png", "r1.png"]
+    r = md.read_restarts(out)
+    assert sorted(zip(r.column("id").to_pylist(), r.column("restart").to_pylist())) == [("a", 0), ("a", 1)]
+    assert r.column("best").to_pylist().count(True) == 1
+
+
+def test_search_failure_is_isolated_to_its_row(tmp_path):
+    def flaky(lrs, generator, **kw):
+        if any(lr.shape[-1] == 4 for lr in lrs):
+            raise RuntimeError("boom on 4 px")
+        return fake_upsample(lrs, generator, **kw)
+
+    t = pa.table({"id": ["a", "b"], "image": pa.array([png_bytes(8, 8), png_bytes(4, 4)], pa.binary())})
+    t = prepare_batch(t, resolution=32)
+    t = SearchStage(upsample_fn=flaky, generator_obj=FakeGen(), restarts=1, steps=1)(t)
+    st = dict(zip(t.column("id").to_pylist(), t.column("status").to_pylist()))
+    assert st == {"a": "ok", "b": "failed"}
+    assert "boom on 4 px" in t.column("error").to_pylist()[1]
+
+
+def test_dedup_prefers_ok_then_latest_and_compaction(tmp_path):
+    out = str(tmp_path)
+    now = datetime.now(timezone.utc)
+
+    def part(name, rows):
+        t = pa.Table.from_pylist(
+            [dict(id=i, status=s, finished_at=now + timedelta(seconds=k), seconds=1.0) for i, s, k in rows],
+            schema=pa.schema([md.METADATA_FIELDS[0], md.METADATA_FIELDS[1], md.METADATA_FIELDS[-1],
+                              pa.field("seconds", pa.float64())]),
+        )
+        write_table(t, storage.join(out, "metadata", name))
+
+    part("part-1.parquet", [("a", "failed", 0), ("b", "ok", 0), ("c", "ok", 0)])
+    part("part-2.parquet", [("a", "ok", 1), ("b", "failed", 2), ("c", "ok", 5)])
+    assert md.done_ids(out) == {"a", "b", "c"}
+    t = md.read_metadata(out)
+    assert t.num_rows == 3
+    by = {r["id"]: r for r in t.to_pylist()}
+    assert by["a"]["status"] == "ok" and by["b"]["status"] == "ok"
+    assert by["c"]["finished_at"] == now + timedelta(seconds=5)
+    assert md.read_metadata(out, dedup_rows=False).num_rows == 6
+    assert md.compact(out) == 3
+    files = md.metadata_files(out)
+    assert len(files) == 1 and md.read_metadata(out, dedup_rows=False).num_rows == 3
+
+
+def test_part_names_are_deterministic():
+    assert md.part_name(["a", "b"]) == md.part_name(["a", "b"]) != md.part_name(["a", "c"])
