@@ -44,7 +44,9 @@ def submit(
     steps: Annotated[int, typer.Option(help="Optimisation steps per restart.")] = 100,
     eps: Annotated[float, typer.Option(help="Downscale-MSE threshold for 'converged'.")] = 2e-3,
     seed: Annotated[int, typer.Option(help="Base seed (per image and restart seeds derive from it).")] = 0,
-    workers: Annotated[Optional[int], typer.Option(help="Search actors (default: one per GPU, else one per CPU core).")] = None,
+    workers: Annotated[Optional[int], typer.Option(help="Search actors (default: one per GPU, else one per CPU core). "
+                                                   "On an autoscaling cluster pass it to scale out: without it "
+                                                   "the job uses the GPUs present when it starts (at least one).")] = None,
     gpus_per_worker: Annotated[float, typer.Option(help="GPUs per search actor (default: 1 when the cluster has GPUs).")] = 0.0,
     batch_size: Annotated[Optional[int], typer.Option(help="Images per search batch (default: 16 on GPU, 4 on CPU).")] = None,
     address: Annotated[Optional[str], typer.Option(help="Ray cluster: 'auto' or ray://host:port (default: embedded Ray).")] = None,
@@ -52,19 +54,23 @@ def submit(
     dry_run: Annotated[bool, typer.Option(help="Validate the manifest and plan; run and write nothing.")] = False,
     keep_restarts: Annotated[bool, typer.Option(help="Also write every restart (OUT/sr/<id>/r<k>.png, OUT/restarts/).")] = False,
     s3_endpoint_url: Annotated[Optional[str], typer.Option(help="S3-compatible endpoint (default: $AWS_ENDPOINT_URL).")] = None,
+    wait_for_resources: Annotated[float, typer.Option(
+        metavar="SECONDS",
+        help="With --address and GPUs: how long to wait for the Ray autoscaler to add them before failing (exit 1).",
+    )] = 600.0,
     num_cpus: Annotated[Optional[int], typer.Option(help="Embedded Ray only: CPUs to use (default: all).")] = None,
     json_summary: Annotated[bool, typer.Option("--json", help="Print the summary as JSON on stdout.")] = False,
     quiet: Annotated[bool, typer.Option("--quiet", "-q", help="No progress lines.")] = False,
 ):
     """Run the batch job: a manifest of LR images in; OUT/sr/<id>.png and OUT/metadata/ out."""
-    from pulse_ray.job.submit import ManifestError, SubmitOptions, UsageError, format_summary
+    from pulse_ray.job.submit import ManifestError, ResourcesUnavailable, SubmitOptions, UsageError, format_summary
     from pulse_ray.job.submit import submit as run_submit
 
     opts = SubmitOptions(
         generator=generator, restarts=restarts, steps=steps, eps=eps, seed=seed, workers=workers,
         gpus_per_worker=gpus_per_worker, batch_size=batch_size, address=address, overwrite=overwrite,
         dry_run=dry_run, keep_restarts=keep_restarts, s3_endpoint_url=s3_endpoint_url,
-        num_cpus=num_cpus, progress=not quiet,
+        wait_for_resources=wait_for_resources, num_cpus=num_cpus, progress=not quiet,
     )
     try:
         summary = run_submit(manifest, output, opts)
@@ -73,6 +79,9 @@ def submit(
     except KeyboardInterrupt:
         _err("interrupted; finished rows are saved in OUT/metadata: re-run the same command to resume")
         raise typer.Exit(130)
+    except ResourcesUnavailable as exc:  # infrastructure: the autoscaler did not add the GPUs
+        _err(str(exc))
+        raise typer.Exit(1)
     except Exception as exc:  # infrastructure: Ray, storage, ...
         _err(f"job failed: {type(exc).__name__}: {exc}")
         raise typer.Exit(1)

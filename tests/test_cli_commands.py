@@ -50,6 +50,14 @@ def test_submit_unreadable_manifest_and_bad_usage_exit_2(tmp_path):
     assert not (tmp_path / "out").exists()
 
 
+def test_downscale_factor_that_is_not_a_power_of_two_exits_2(tmp_path):
+    (tmp_path / "hr").mkdir()
+    (tmp_path / "hr" / "a.png").write_bytes(png_bytes(24, 24, 1))
+    r = _invoke(["downscale", tmp_path / "hr", "-o", tmp_path / "lr", "--factor", 3])
+    assert r.exit_code == 2 and "power of two" in r.output, r.output
+    assert not (tmp_path / "lr").exists()
+
+
 def test_make_manifest_downscale_dry_run_and_upsample(tmp_path, generator):
     R = generator.resolution
     hr = tmp_path / "hr"

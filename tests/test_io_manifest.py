@@ -95,3 +95,33 @@ def test_s3_manifest(s3):
     assert inspect_manifest(s3.uri("m/part-0.parquet")).ids == ["a", "b"]
     with pytest.raises(ManifestError, match="no such file"):
         inspect_manifest(s3.uri("nope/m.parquet"))
+
+
+def test_a_failing_store_is_not_an_unusable_manifest(monkeypatch):
+    """Network / access errors of the store: StorageError (exit 1, retried by nightly), not ManifestError
+    (exit 2, 'fix the manifest'). A missing object or bytes that are not Parquet stay ManifestError."""
+    from pulse_ray.io import manifest as mf
+
+    def stat_fails(uri):
+        raise storage.StorageError(f"cannot stat {uri}: SlowDown")
+
+    monkeypatch.setattr(storage, "exists", stat_fails)
+    with pytest.raises(storage.StorageError, match="SlowDown") as ei:
+        manifest_files("s3://bucket/in/m.parquet")
+    assert not isinstance(ei.value, ManifestError)
+
+    monkeypatch.setattr(mf, "manifest_files", lambda m: ["s3://bucket/in/m.parquet"])
+    for exc, expect in (
+        (OSError("AWS Error NETWORK_CONNECTION during HeadObject operation: curl error"), storage.StorageError),
+        (pa.ArrowInvalid("Parquet magic bytes not found in footer"), ManifestError),
+        (FileNotFoundError("Path does not exist 'bucket/in/m.parquet'"), ManifestError),
+    ):
+        def read_schema(uri, exc=exc):
+            raise exc
+
+        monkeypatch.setattr(mf, "_read_schema", read_schema)
+        with pytest.raises(expect) as ei:
+            inspect_manifest("s3://bucket/in/m.parquet")
+        assert "s3://bucket/in/m.parquet" in str(ei.value)
+        if expect is storage.StorageError:
+            assert not isinstance(ei.value, ManifestError) and "NETWORK_CONNECTION" in str(ei.value)

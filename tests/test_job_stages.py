@@ -142,3 +142,64 @@ def test_dedup_prefers_ok_then_latest_and_compaction(tmp_path):
 
 def test_part_names_are_deterministic():
     assert md.part_name(["a", "b"]) == md.part_name(["a", "b"]) != md.part_name(["a", "c"])
+
+
+def test_keep_restarts_layout_refuses_ids_that_would_collide(tmp_path):
+    """``a`` keeps its restarts at sr/a/r<k>.png; an id ``a/r0`` would be the same file: it fails."""
+    from pulse_ray.job.stages import is_restart_name
+
+    assert is_restart_name("a/r0") and is_restart_name("x/y/r12")
+    assert not any(is_restart_name(i) for i in ("r0", "a/r", "a/r0.png", "a/rx1", "a/b", "ar0"))
+    ids = ["a", "a/r0", "a/r7", "b/r1x", "r0"]
+    table = pa.table({"id": ids, "image": pa.array([png_bytes(8, 8, k) for k in range(len(ids))], pa.binary())})
+    out = str(tmp_path / "o")
+    t = prepare_batch(table, resolution=32, reserve_restart_names=True)
+    t = SearchStage(upsample_fn=fake_upsample, generator_obj=FakeGen(), restarts=2, steps=1, keep_restarts=True)(t)
+    write_batch(t, out=out, keep_restarts=True)
+    by = {r["id"]: r for r in md.read_metadata(out).to_pylist()}
+    assert [i for i in ids if by[i]["status"] == "ok"] == ["a", "b/r1x", "r0"]
+    for rid in ("a/r0", "a/r7"):
+        assert by[rid]["error_kind"] == "unsafe_id" and "restart" in by[rid]["error"] and "'a'" in by[rid]["error"]
+    r = md.read_restarts(out)
+    uris = dict(zip(zip(r.column("id").to_pylist(), r.column("restart").to_pylist()), r.column("sr_uri").to_pylist()))
+    assert uris == {(i, k): os.path.join(out, "sr", i, f"r{k}.png") for i in ("a", "b/r1x", "r0") for k in (0, 1)}
+    written = sorted(os.path.relpath(os.path.join(d, f), out) for d, _, fs in os.walk(out) for f in fs)
+    assert [w for w in written if w.startswith("sr/")] == sorted(
+        ["sr/a.png", "sr/b/r1x.png", "sr/r0.png"] + [os.path.relpath(u, out) for u in uris.values()])
+    assert len(set(written)) == len(written) == 9 + len(md.metadata_files(out)) + len(md.metadata_files(out, "restarts"))
+    # without restart images in the output the same ids are fine
+    t = prepare_batch(table, resolution=32)
+    assert t.column("status").to_pylist() == ["ok"] * len(ids)
+
+
+def test_keep_restarts_into_an_output_with_clashing_results_is_a_usage_error(tmp_path):
+    from pulse_ray.job.submit import SubmitOptions, UsageError, submit
+
+    out = str(tmp_path / "o")
+    table = pa.table({"id": ["a", "a/r1"], "image": pa.array([png_bytes(8, 8, 1), png_bytes(8, 8, 2)], pa.binary())})
+    _run(table, out)  # without --keep-restarts: both ok, sr/a.png and sr/a/r1.png
+    manifest = str(tmp_path / "m.parquet")
+    write_table(table, manifest)
+    before = sorted(os.listdir(os.path.join(out, "sr", "a")))
+    with pytest.raises(UsageError, match=r"--keep-restarts: .* 1 id\(s\) ending in /r<number> \(e.g. 'a/r1'\)"):
+        submit(manifest, out, SubmitOptions(keep_restarts=True, overwrite=True, progress=False),
+               _generator=FakeGen(), _upsample_fn=fake_upsample)
+    assert sorted(os.listdir(os.path.join(out, "sr", "a"))) == before == ["r1.png"]
+
+
+def test_dedup_for_an_overwrite_run_keeps_the_redone_rows(tmp_path):
+    now = datetime.now(timezone.utc)
+    schema = pa.schema([md.METADATA_FIELDS[0], md.METADATA_FIELDS[1], md.METADATA_FIELDS[-1]])
+    old = [dict(id=i, status="ok", finished_at=now) for i in ("a", "b", "c")]
+    new = [dict(id="a", status="failed", finished_at=now + timedelta(seconds=5)),
+           dict(id="b", status="ok", finished_at=now + timedelta(seconds=6))]
+    t = pa.Table.from_pylist(old + new, schema=schema)
+    plain = {r["id"]: r for r in md.dedup(t).to_pylist()}
+    assert plain["a"]["finished_at"] == now  # readers: ok beats failed
+    redo = {r["id"]: r for r in md.dedup(t, redone={"a", "b"}).to_pylist()}
+    assert redo["a"]["status"] == "failed" and redo["b"]["finished_at"] == now + timedelta(seconds=6)
+    assert redo["c"]["finished_at"] == now
+    out = str(tmp_path)
+    write_table(t, storage.join(out, "metadata", "part-1.parquet"))
+    assert md.compact(out, redone=frozenset({"a", "b"})) == 3
+    assert {r["id"]: r["status"] for r in md.read_metadata(out).to_pylist()} == {"a": "failed", "b": "ok", "c": "ok"}

@@ -186,3 +186,215 @@ def test_unusable_manifest_or_options_write_nothing(tmp_path):
     with pytest.raises(UsageError, match="cannot load generator"):
         submit(manifest, str(out), SubmitOptions(generator=str(tmp_path / "no-such-generator.pt"), progress=False))
     assert not out.exists()
+
+
+# ----------------------------------------------------------------------------- GPUs on an autoscaling cluster
+
+
+def test_plan_on_an_autoscaling_cluster():
+    from pulse_ray.job.submit import plan_resources
+
+    gpu = SubmitOptions(gpus_per_worker=1)
+    with pytest.raises(UsageError, match="has 0 GPU"):  # embedded Ray: the machine's GPUs are all there is
+        plan_resources(2, 0, gpu, 100)
+    # joined cluster with no GPU node yet: planned anyway (the caller waits for the autoscaler)
+    assert plan_resources(0, 0, gpu, 100, autoscale=True)[:2] == (1, 1.0)  # max(1, GPUs present)
+    assert plan_resources(0, 3, gpu, 100, autoscale=True)[0] == 3
+    assert plan_resources(0, 0, SubmitOptions(gpus_per_worker=1, workers=8), 1000, autoscale=True)[0] == 8
+    assert plan_resources(0, 0, SubmitOptions(gpus_per_worker=1, workers=8), 3, autoscale=True)[0] == 3  # <= rows
+
+
+def test_wait_for_gpus_asks_the_autoscaler_and_starts_when_they_join(monkeypatch):
+    import importlib
+    import io
+    import time
+
+    sub = importlib.import_module("pulse_ray.job.submit")  # the module (pulse_ray.job.submit is also the function)
+    requests, looks = [], []
+    t0 = time.monotonic()
+
+    def cluster():  # a GPU node joins 0.3 s after the request
+        gpus = 1.0 if time.monotonic() - t0 >= 0.3 else 0.0
+        looks.append(gpus)
+        return {"CPU": 6.0 * gpus, "GPU": gpus}
+
+    monkeypatch.setattr(sub, "_request_resources", requests.append)
+    monkeypatch.setattr(sub, "_cluster_resources", cluster)
+    bundles = [{"GPU": 1, "CPU": 1}] * 4
+    buf = io.StringIO()
+    res = sub.wait_for_gpus(1, bundles, 30, stream=buf, poll=0.05)
+    waited = time.monotonic() - t0
+    assert res["GPU"] == 1 and 0.3 <= waited < 5
+    assert looks[0] == 0 and looks[-1] == 1 and looks.count(1) == 1  # polled until the GPU joined, no longer
+    assert requests and all(r == bundles for r in requests)  # the request is re-sent while waiting
+    assert len(requests) == len(looks)
+    text = buf.getvalue()
+    assert "waiting for GPUs: the cluster has 0, the job needs 1" in text
+    assert "4 x {GPU 1, CPU 1}" in text and "1 GPU(s) in the cluster after" in text
+
+    # it never comes: a clear error once the time is up, not before
+    monkeypatch.setattr(sub, "_cluster_resources", lambda: {"CPU": 0.0})
+    t1 = time.monotonic()
+    with pytest.raises(sub.ResourcesUnavailable, match=r"still has 0 GPU\(s\) after waiting .* for 1 .*--wait-for-resources"):
+        sub.wait_for_gpus(1, bundles, 0.4, stream=io.StringIO(), poll=0.05)
+    assert 0.4 <= time.monotonic() - t1 < 5
+
+
+def test_joined_cluster_without_gpus_asks_waits_then_fails_clearly(ray_cluster, tmp_path, monkeypatch):
+    """Embedded Ray (2 CPUs, no GPU) joined as if it were an autoscaling cluster: the real request
+    goes to the autoscaler channel, the wait is bounded, the error is clear, the request is withdrawn."""
+    import importlib
+    import io
+    import time
+
+    from typer.testing import CliRunner
+
+    from pulse_ray.cli import app
+    from ray.autoscaler._private.constants import AUTOSCALER_RESOURCE_REQUEST_CHANNEL
+    from ray.experimental.internal_kv import _internal_kv_get
+
+    sub = importlib.import_module("pulse_ray.job.submit")
+    lr = 8
+    manifest = str(tmp_path / "m.parquet")
+    pq.write_table(pa.table({"id": [f"g{k}" for k in range(4)],
+                             "image": pa.array([png_bytes(lr, lr, k) for k in range(4)], pa.binary())}), manifest)
+    out = tmp_path / "out"
+    sent = []
+    real = sub._request_resources
+
+    def spy(bundles):
+        real(bundles)
+        sent.append((bundles, _internal_kv_get(AUTOSCALER_RESOURCE_REQUEST_CHANNEL)))
+
+    monkeypatch.setattr(sub, "_request_resources", spy)
+    monkeypatch.setattr(sub, "WAIT_POLL_SECONDS", 0.2)
+    opts = SubmitOptions(address="auto", gpus_per_worker=1, workers=2, batch_size=2, wait_for_resources=1.0,
+                         progress=False, generator=GENERATOR_SOURCE)
+    buf = io.StringIO()
+    t0 = time.monotonic()
+    with pytest.raises(sub.ResourcesUnavailable, match=r"still has 0 GPU\(s\)") as ei:
+        submit(manifest, str(out), opts, stream=buf)
+    assert time.monotonic() - t0 >= 1.0
+    assert "2 x {GPU 1, CPU 1}" in str(ei.value) and "--gpus-per-worker 0" in str(ei.value)
+    assert "waiting for GPUs" in buf.getvalue()
+    assert sent[0] == ([{"GPU": 1, "CPU": 1}] * 2, b'[{"GPU": 1, "CPU": 1}, {"GPU": 1, "CPU": 1}]')
+    assert len(sent) >= 3 and sent[-1] == ([], b"[]"), "re-sent while waiting, withdrawn at the end"
+    assert not out.exists()
+
+    # embedded Ray (no --address): no autoscaler to wait for, an immediate usage error
+    sent.clear()
+    t0 = time.monotonic()
+    with pytest.raises(UsageError, match="has 0 GPU"):
+        submit(manifest, str(out), SubmitOptions(gpus_per_worker=1, progress=False, generator=GENERATOR_SOURCE,
+                                                 wait_for_resources=30))
+    assert time.monotonic() - t0 < 20 and sent == []
+
+    # the command line: exit 1 (infrastructure), the reason on stderr
+    gen = ["--generator", GENERATOR_SOURCE] if GENERATOR_SOURCE else []
+    r = CliRunner().invoke(app, ["submit", manifest, "-o", str(out), "--address", "auto", "--gpus-per-worker", "1",
+                                 "--wait-for-resources", "0.5", "-q", *gen])
+    assert r.exit_code == 1, r.output
+    assert "still has 0 GPU(s)" in r.output and "--wait-for-resources" in r.output
+    assert not out.exists()
+
+
+# A driver joins a 2-node Ray cluster whose GPU node only arrives while the job is already waiting
+# (as KubeRay's autoscaler adds one): run in its own process, since this module's embedded Ray is up.
+_JOINING_GPU_NODE = r"""
+import io, json, os, sys, threading, time
+import pyarrow as pa, pyarrow.parquet as pq
+import ray
+from ray.cluster_utils import Cluster
+from ray.autoscaler._private.constants import AUTOSCALER_RESOURCE_REQUEST_CHANNEL
+from ray.experimental.internal_kv import _internal_kv_get
+from tests.conftest import FakeGen, fake_upsample, png_bytes
+from pulse_ray.job.submit import SubmitOptions, submit
+import importlib
+sub = importlib.import_module("pulse_ray.job.submit")
+sub.WAIT_POLL_SECONDS = 0.5
+tmp = sys.argv[1]
+cluster = Cluster(initialize_head=True, head_node_args=dict(num_cpus=1, object_store_memory=100 * 1024**2,
+                                                            include_dashboard=False))
+ray.init(address=cluster.address, logging_level="WARNING")
+manifest = os.path.join(tmp, "m.parquet")
+pq.write_table(pa.table({"id": [f"i{k}" for k in range(4)],
+                         "image": pa.array([png_bytes(8, 8, k) for k in range(4)], pa.binary())}), manifest)
+buf, result = io.StringIO(), {}
+def run():
+    try:
+        result["s"] = submit(manifest, os.path.join(tmp, "out"), SubmitOptions(
+            address=cluster.address, gpus_per_worker=1, workers=2, batch_size=2, restarts=1, steps=1,
+            wait_for_resources=120, progress=False), stream=buf, _generator=FakeGen(), _upsample_fn=fake_upsample)
+    except BaseException as exc:
+        result["e"] = repr(exc)
+try:
+    th = threading.Thread(target=run)
+    th.start()
+    time.sleep(3)
+    waiting_before = buf.getvalue()
+    cluster.add_node(num_cpus=2, num_gpus=1, object_store_memory=100 * 1024**2)  # the "GPU" node joins
+    th.join(240)
+    s = result.get("s")
+    print("RESULT " + json.dumps(dict(
+        error=result.get("e"), waiting_before=waiting_before, log=buf.getvalue(),
+        ok=s and s.ok, failed=s and s.failed, workers=s and s.workers, gpus=s and s.gpus_per_worker,
+        request_after=(_internal_kv_get(AUTOSCALER_RESOURCE_REQUEST_CHANNEL) or b"").decode())), flush=True)
+finally:
+    ray.shutdown()
+    cluster.shutdown()
+"""
+
+
+@pytest.mark.slow
+def test_job_waits_for_a_gpu_node_that_joins_then_runs(tmp_path):
+    import json
+    import shutil
+    import subprocess
+    import sys
+    import tempfile
+
+    from .conftest import REPO
+
+    # its own Ray temp dir: the cluster's address file must not send anyone else's ray.init() to it
+    ray_tmp = tempfile.mkdtemp(prefix="prt", dir="/tmp")
+    env = dict(os.environ, PYTHONPATH=os.pathsep.join([REPO, os.environ.get("PYTHONPATH", "")]), RAY_TMPDIR=ray_tmp)
+    env.pop("RAY_ADDRESS", None)
+    try:
+        r = subprocess.run([sys.executable, "-c", _JOINING_GPU_NODE, str(tmp_path)], cwd=REPO, env=env,
+                           capture_output=True, text=True, timeout=400)
+    finally:
+        shutil.rmtree(ray_tmp, ignore_errors=True)
+    lines = [ln for ln in r.stdout.splitlines() if ln.startswith("RESULT ")]
+    assert lines, (r.returncode, r.stdout[-3000:], r.stderr[-3000:])
+    res = json.loads(lines[-1][len("RESULT "):])
+    assert res["error"] is None, res
+    assert "waiting for GPUs: the cluster has 0, the job needs 1" in res["waiting_before"]  # it was waiting
+    assert "1 GPU(s) in the cluster after" in res["log"]
+    # 2 workers planned, 1 GPU came: the job ran on the one there (the other actor stays pending)
+    assert (res["ok"], res["failed"], res["workers"], res["gpus"]) == (4, 0, 2, 1.0)
+    assert res["request_after"] == "[]", "the request to the autoscaler is withdrawn at the end"
+    assert len(md.read_metadata(str(tmp_path / "out"))) == 4
+
+
+@pytest.mark.slow
+def test_overwrite_keeps_this_runs_result_even_when_it_failed(ray_cluster, tmp_path):
+    from .conftest import FakeGen, fake_upsample
+
+    (tmp_path / "b.png").write_bytes(png_bytes(8, 8, 2))
+    manifest = str(tmp_path / "m.parquet")
+    pq.write_table(pa.table({"id": ["a", "b"], "image": pa.array([png_bytes(8, 8, 1), None], pa.binary()),
+                             "uri": [None, str(tmp_path / "b.png")]}), manifest)
+    out = str(tmp_path / "out")
+    fake = dict(_generator=FakeGen(), _upsample_fn=fake_upsample)
+    opts = dict(restarts=1, steps=1, workers=1, batch_size=2, progress=False)
+    s = submit(manifest, out, SubmitOptions(**opts), **fake)
+    assert (s.ok, s.failed) == (2, 0)
+    first = _one_row_per_id(out, ["a", "b"])
+    (tmp_path / "b.png").unlink()  # b's input is gone; --overwrite redoes everything
+
+    s = submit(manifest, out, SubmitOptions(overwrite=True, **opts), **fake)
+    assert (s.processed, s.skipped, s.ok, s.failed) == (2, 0, 1, 1)
+    by = _one_row_per_id(out, ["a", "b"])
+    assert by["a"]["status"] == "ok" and by["a"]["finished_at"] > first["a"]["finished_at"]
+    assert by["b"]["status"] == "failed" and by["b"]["error_kind"] == "missing_image"  # not the old ok row
+    assert _files_under(os.path.join(out, "sr")) == ["a.png"], "no stale image of the failed row"

@@ -129,3 +129,12 @@ def test_missing_file_and_unknown_name():
         pulse_ray.load_generator("/nonexistent/dir/g.pt")
     with pytest.raises(CheckpointError, match="unknown generator 'nosuchname'.*bundled"):
         pulse_ray.load_generator("nosuchname")
+
+
+def test_load_from_s3_endpoint_on_loopback(reference, tmp_path, s3):
+    path = _bundle(reference, tmp_path / "g.pt")
+    s3.client.put_object(Bucket=s3.bucket, Key="models/g.pt", Body=path.read_bytes())
+    g = pulse_ray.load_generator(s3.uri("models/g.pt"), device="cpu")
+    assert (g.name, g.resolution) == ("tiny", 128)
+    with pytest.raises(CheckpointError, match="could not read from S3"):
+        pulse_ray.load_generator(s3.uri("models/missing.pt"))

@@ -11,7 +11,10 @@ folder / prefix of Parquet files. Columns:
   clashes with a metadata column is carried as ``input_<name>``).
 
 :func:`inspect_manifest` checks all of that up front and raises
-:class:`ManifestError` naming what is wrong and where.
+:class:`ManifestError` naming what is wrong and where. A store that fails
+(network, access denied; not a missing object) raises
+:class:`~pulse_ray.io.storage.StorageError` instead: that is an infrastructure
+failure (CLI exit code 1), and the same manifest may well work on a retry.
 """
 
 from __future__ import annotations
@@ -59,6 +62,8 @@ def manifest_files(manifest: str) -> list[str]:
         if storage.exists(manifest) and not storage.isdir(manifest):  # one file without the suffix
             return [manifest]
     except storage.StorageError as exc:
+        if not isinstance(exc, FileNotFoundError):
+            raise  # the store failed (network, permissions): infrastructure (exit 1), not the manifest
         raise ManifestError(f"manifest {manifest}: {exc}") from None
     except ValueError as exc:
         raise ManifestError(f"manifest {manifest}: {exc}") from None
@@ -113,6 +118,7 @@ def inspect_manifest(manifest: str) -> ManifestInfo:
         try:
             schema = _read_schema(uri)
         except Exception as exc:  # ArrowInvalid, OSError, ...
+            _raise_if_store_failed(uri, exc)
             raise ManifestError(f"manifest file {uri}: not a readable Parquet file ({_short(exc)})") from None
         names = schema.names
         if "id" not in names:
@@ -136,6 +142,7 @@ def inspect_manifest(manifest: str) -> ManifestInfo:
         try:
             col = read_table(uri, columns=["id"]).column("id")
         except Exception as exc:
+            _raise_if_store_failed(uri, exc)
             raise ManifestError(f"manifest file {uri}: cannot read column 'id' ({_short(exc)})") from None
         if col.null_count:
             first = next(i for i, v in enumerate(col.to_pylist()) if v is None)
@@ -174,6 +181,17 @@ def inspect_manifest(manifest: str) -> ManifestInfo:
         has_image="image" in names,
         extra_columns=extra,
     )
+
+
+def _raise_if_store_failed(uri: str, exc: Exception) -> None:
+    """An S3 read that failed for another reason than the bytes (network, throttling, access
+    denied) is an infrastructure failure (exit 1; nightly retries it), not an unusable manifest."""
+    if not storage.is_s3(uri) or isinstance(exc, (pa.ArrowInvalid, pa.ArrowNotImplementedError, FileNotFoundError)):
+        return
+    if isinstance(exc, storage.StorageError):
+        raise exc
+    if isinstance(exc, OSError):
+        raise storage.StorageError(f"cannot read manifest file {uri}: {_short(exc)}") from None
 
 
 def _short(exc: Exception, limit: int = 300) -> str:

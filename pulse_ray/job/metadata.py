@@ -7,13 +7,21 @@ Layout::
     OUT/metadata/part-<hash>.parquet     one file per written batch (atomic)
     OUT/restarts/part-<hash>.parquet     one row per restart (``--keep-restarts``)
 
+``OUT/sr/<id>/r<k>.png`` is also where an id ``<id>/r<k>`` would put its SR image, so
+an output with restart images (a ``--keep-restarts`` run, or ``OUT/restarts/``
+not empty) refuses ids ending in ``/r<number>``: they become ``failed`` rows
+(``unsafe_id``); and ``--keep-restarts`` into an OUT that already has ``ok``
+results for such ids is a usage error. Any other two ids never share a file.
+
 Resume reads ``OUT/metadata/`` to find ids that already have an ``ok`` row.
 Duplicate rows for one id can exist for a while (a retried id, ``--overwrite``,
 an interrupted compaction); the rule every reader applies — and that
 :func:`compact` materialises at the end of each completed ``submit`` — is:
 **one row per id: an ``ok`` row beats a ``failed`` one; among equals the latest
 ``finished_at`` wins.** After a completed ``submit`` the folder holds exactly one
-row per id.
+row per id. A completed ``--overwrite`` run compacts with the latest row first for the
+ids it redid (``redone``): its result is the one kept, also where an id that
+was ``ok`` now failed (its stale SR image is then removed).
 """
 
 from __future__ import annotations
@@ -113,12 +121,18 @@ def _read_all(files: list[str], columns: list[str] | None = None) -> pa.Table | 
     return pa.concat_tables(tables, promote_options="permissive")
 
 
-def dedup(table: pa.Table) -> pa.Table:
-    """One row per id: ok beats failed, then latest ``finished_at`` (then last written)."""
+def dedup(table: pa.Table, redone: set[str] | frozenset[str] | None = None) -> pa.Table:
+    """One row per id: ok beats failed, then latest ``finished_at`` (then last written).
+
+    ``redone`` (the ids a completed ``--overwrite`` run processed): for those the
+    latest row wins whatever its status, so that the run's result is the one kept.
+    """
     if table.num_rows == 0:
         return table
     n = table.num_rows
     ok = pc.equal(table.column("status"), "ok").fill_null(False)
+    if redone:
+        ok = pc.and_(ok, pc.invert(pc.is_in(table.column("id"), value_set=pa.array(sorted(redone), pa.string()))))
     if "finished_at" in table.column_names:
         fin = pc.fill_null(table.column("finished_at").cast(pa.int64()), -1)
     else:
@@ -185,8 +199,9 @@ def done_ids(out: str) -> set[str]:
     return set(t.filter(mask).column("id").to_pylist())
 
 
-def compact(out: str, sub: str = METADATA_DIR) -> int:
+def compact(out: str, sub: str = METADATA_DIR, redone=None) -> int:
     """Rewrite ``OUT/<sub>/`` as one deduplicated part; returns its row count.
+    ``redone``: see :func:`dedup` (``--overwrite``).
 
     Crash-safe: the new part is written (atomically) before the old ones are
     removed, and readers dedup, so a crash in between only leaves duplicates
@@ -199,7 +214,7 @@ def compact(out: str, sub: str = METADATA_DIR) -> int:
     if t is None:
         return 0
     if sub == METADATA_DIR:
-        d = dedup(t)
+        d = dedup(t, redone)
     else:
         d = read_restarts(out)
     if len(files) == 1 and d.num_rows == t.num_rows:

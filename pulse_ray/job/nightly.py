@@ -398,6 +398,7 @@ _HELP = {
     "address": "Ray cluster address (e.g. auto); default: start Ray in this process",
     "overwrite": "redo rows already ok in a NEW manifest's output (never for a resumed one)",
     "keep_restarts": "also write every restart's image",
+    "wait_for_resources": "seconds to wait for an autoscaling cluster to add the GPUs asked for",
     "s3_endpoint_url": "S3-compatible endpoint (else AWS_ENDPOINT_URL)",
     "max_pixels": "largest input image, in pixels",
     "max_bytes": "largest input image file, in bytes",

@@ -16,6 +16,7 @@ metadata row. Columns the manifest brings (other than ``image``) pass through.
 from __future__ import annotations
 
 import os
+import re
 import socket
 import time
 from datetime import datetime, timezone
@@ -36,7 +37,7 @@ from .metadata import (
     part_name,
 )
 
-__all__ = ["prepare_batch", "SearchStage", "write_batch", "resolve_uri", "sr_uri_for"]
+__all__ = ["prepare_batch", "SearchStage", "write_batch", "resolve_uri", "sr_uri_for", "is_restart_name"]
 
 # Columns the stages add and consume; never carried into metadata as they are.
 INTERNAL = ("_relpath", "_pixels", "_sr", "_r_pixels", "_r_mse", "_r_conv", "_r_steps", "_r_seed")
@@ -62,6 +63,16 @@ def resolve_uri(uri: str, bases: list[str]) -> str:
         except Exception:
             continue
     return candidates[0] if candidates else uri
+
+
+# OUT/sr/<id>/r<k>.png holds restart k of id <id> (--keep-restarts): an id ending in
+# "/r<number>" would name the same file as a restart image of another id.
+_RESTART_NAME = re.compile(r"/r[0-9]+$")
+
+
+def is_restart_name(row_id: str) -> bool:
+    """``a/r0``, ``x/y/r12``: ids whose SR path is also a restart image's path (of ``a``, ``x/y``)."""
+    return isinstance(row_id, str) and _RESTART_NAME.search(row_id) is not None
 
 
 def sr_uri_for(out: str, relpath: str, restart: int | None = None) -> str:
@@ -101,9 +112,14 @@ def prepare_batch(
     max_pixels: int = images.DEFAULT_MAX_PIXELS,
     max_bytes: int = images.DEFAULT_MAX_BYTES,
     s3_endpoint_url: str | None = None,
+    reserve_restart_names: bool = False,
 ) -> pa.Table:
     """Fetch + validate + decode. Adds ``status, error, error_kind, lr_width,
-    lr_height, factor`` and the internal ``_relpath, _pixels``; drops ``image``."""
+    lr_height, factor`` and the internal ``_relpath, _pixels``; drops ``image``.
+
+    ``reserve_restart_names`` (``--keep-restarts``, or an OUT that holds restart
+    images): ids ending in ``/r<number>`` fail (``unsafe_id``), since their SR
+    image would overwrite, or be overwritten by, a restart image of another id."""
     if s3_endpoint_url:
         storage.set_s3_endpoint_url(s3_endpoint_url)
     # manifest columns that clash with what the job produces travel as __in_<name>
@@ -124,6 +140,12 @@ def prepare_batch(
     for rid, data, uri in zip(ids, imgs, uris):
         try:
             relpath = images.safe_relpath(rid)
+            if reserve_restart_names and is_restart_name(relpath):
+                parent, _, last = relpath.rpartition("/")
+                raise images.UnsafeId(
+                    f"id {relpath!r} is refused in an output with restart images (--keep-restarts): "
+                    f"sr/{relpath}.png is where restart {last[1:]} of id {parent!r} goes"
+                )
             if data is not None:
                 where = "column 'image'"
             elif uri:

@@ -33,19 +33,36 @@ from pulse_ray.io import images, storage
 from pulse_ray.io.manifest import ManifestError, inspect_manifest
 
 from . import metadata as md
-from .stages import SearchStage, prepare_batch, write_batch
+from .stages import SearchStage, is_restart_name, prepare_batch, sr_uri_for, write_batch
 
-__all__ = ["SubmitOptions", "SubmitSummary", "ManifestError", "UsageError", "submit", "plan_resources"]
+__all__ = [
+    "SubmitOptions",
+    "SubmitSummary",
+    "ManifestError",
+    "UsageError",
+    "ResourcesUnavailable",
+    "submit",
+    "plan_resources",
+    "wait_for_gpus",
+]
 
 log = logging.getLogger("pulse_ray.job")
 
 DEFAULT_CPU_BATCH = 4
 DEFAULT_GPU_BATCH = 16
 LIGHT_CPUS = 0.25  # logical CPU claim of the prepare / write tasks (I/O bound)
+DEFAULT_WAIT_FOR_RESOURCES = 600.0  # seconds --address waits for the autoscaler to add GPUs
+WAIT_POLL_SECONDS = 5.0  # how often the wait looks at the cluster (and re-sends the request)
+WAIT_REPORT_SECONDS = 30.0  # how often the wait says what it is waiting for
 
 
 class UsageError(ValueError):
     """Bad options or an unusable output / generator (CLI exit code 2)."""
+
+
+class ResourcesUnavailable(RuntimeError):
+    """The Ray cluster did not get the GPUs the job asked for within
+    ``--wait-for-resources`` seconds (an infrastructure failure: CLI exit code 1)."""
 
 
 @dataclass
@@ -63,6 +80,7 @@ class SubmitOptions:
     dry_run: bool = False
     keep_restarts: bool = False
     s3_endpoint_url: str | None = None
+    wait_for_resources: float = DEFAULT_WAIT_FOR_RESOURCES  # --address only: seconds to wait for GPUs
     # beyond the contract (all optional)
     max_pixels: int = images.DEFAULT_MAX_PIXELS
     max_bytes: int = images.DEFAULT_MAX_BYTES
@@ -111,6 +129,8 @@ def _check_options(o: SubmitOptions) -> None:
         raise UsageError(f"--batch-size must be >= 1 (got {o.batch_size})")
     if o.gpus_per_worker < 0:
         raise UsageError(f"--gpus-per-worker must be >= 0 (got {o.gpus_per_worker})")
+    if not (o.wait_for_resources >= 0 and math.isfinite(o.wait_for_resources)):
+        raise UsageError(f"--wait-for-resources must be >= 0 seconds (got {o.wait_for_resources})")
 
 
 def _check_output(out: str) -> None:
@@ -133,7 +153,8 @@ def _manifest_bases(manifest: str, files: list[str]) -> list[str]:
     return [os.path.abspath(base), os.getcwd()]
 
 
-def plan_resources(total_cpus: float, total_gpus: float, options: SubmitOptions, n_todo: int):
+def plan_resources(total_cpus: float, total_gpus: float, options: SubmitOptions, n_todo: int,
+                   *, autoscale: bool = False):
     """(workers, gpus_per_worker, cpus_per_worker, threads_per_worker, batch_size).
 
     One worker per GPU where there are GPUs, else one per CPU core. The search
@@ -141,14 +162,21 @@ def plan_resources(total_cpus: float, total_gpus: float, options: SubmitOptions,
     to the read / prepare / write tasks: Ray Data never schedules them otherwise
     and the pipeline would stall. Torch threads per actor are still the
     physical share of cores.
+
+    ``autoscale`` (a joined cluster, ``--address``): GPUs asked for with
+    ``--gpus-per-worker`` may not be there yet, because the autoscaler adds GPU
+    nodes on demand; the plan is made anyway (``--workers``, else one worker per
+    GPU present, at least one) and :func:`wait_for_gpus` waits for them. Without
+    it (embedded Ray: the GPUs are the machine's) too few GPUs is a usage error.
     """
     total_cpus = max(float(total_cpus), 0.0) or 1.0
+    total_gpus = max(float(total_gpus), 0.0)
     g = float(options.gpus_per_worker or 0.0)
     if g == 0.0 and total_gpus >= 1 and options.workers is None:
         g = 1.0
     reserve = 1.0 if total_cpus >= 2 else 0.5
     if g > 0:
-        if total_gpus < g:
+        if total_gpus < g and not autoscale:
             raise UsageError(
                 f"--gpus-per-worker {g:g} but the Ray cluster has {total_gpus:g} GPU(s); "
                 "use --gpus-per-worker 0 to run on CPUs"
@@ -158,10 +186,6 @@ def plan_resources(total_cpus: float, total_gpus: float, options: SubmitOptions,
     else:
         workers = options.workers or max(1, int(total_cpus))
         default_batch = DEFAULT_CPU_BATCH
-    cpus = round(max(0.05, (total_cpus - reserve) / workers), 3)
-    if g > 0:
-        cpus = min(1.0, cpus)
-    threads = max(1, int(total_cpus // workers))
     batch = options.batch_size or max(1, min(default_batch, math.ceil(max(1, n_todo) / workers)))
     # no idle replicas for a small job (each one loads the generator)
     workers = max(1, min(workers, math.ceil(max(1, n_todo) / batch)))
@@ -170,6 +194,91 @@ def plan_resources(total_cpus: float, total_gpus: float, options: SubmitOptions,
         cpus = min(1.0, cpus)
     threads = max(1, int(total_cpus // workers))
     return workers, g, cpus, threads, batch
+
+
+def _cluster_resources() -> dict:
+    """The joined cluster's resources (alive nodes); a seam for tests."""
+    import ray
+
+    return ray.cluster_resources()
+
+
+def _request_resources(bundles: list[dict]) -> None:
+    """Ask the Ray autoscaler for ``bundles`` (an empty list withdraws the request)."""
+    from ray.autoscaler.sdk import request_resources
+
+    request_resources(bundles=bundles)
+
+
+def wait_for_gpus(
+    gpus_needed: float,
+    bundles: list[dict],
+    timeout: float,
+    *,
+    stream=None,
+    poll: float | None = None,
+    report_every: float | None = None,
+) -> dict:
+    """Ask the autoscaler for ``bundles`` and wait until the cluster has at least
+    ``gpus_needed`` GPUs; returns its resources then.
+
+    The request is sent again at every poll: it is a cluster-wide setting that
+    the last caller overwrites (Ray Data's own autoscaling coordinator included),
+    so a single call could be undone while the nodes are still coming. The job
+    starts as soon as ``gpus_needed`` (one worker's worth) have joined; the
+    other workers' actors start as the autoscaler adds the rest. The caller
+    withdraws the request when the job ends (:func:`_withdraw_request`).
+
+    Raises :class:`ResourcesUnavailable` after ``timeout`` seconds.
+    """
+    stream = stream or sys.stderr
+    poll = WAIT_POLL_SECONDS if poll is None else poll
+    report_every = WAIT_REPORT_SECONDS if report_every is None else report_every
+    shape = ", ".join(f"{k} {v:g}" for k, v in bundles[0].items()) if bundles else "-"
+    what = f"{len(bundles)} x {{{shape}}}"
+    t0 = time.monotonic()
+    last_report = None
+    request_error = None
+    while True:
+        try:
+            _request_resources(bundles)
+            request_error = None
+        except Exception as exc:  # e.g. no autoscaler API through this connection
+            if request_error is None:
+                log.warning("could not send the resource request to the Ray autoscaler: %s", exc)
+            request_error = f"{type(exc).__name__}: {exc}"
+        res = _cluster_resources()
+        have = float(res.get("GPU", 0) or 0)
+        waited = time.monotonic() - t0
+        if have >= gpus_needed:
+            if last_report is not None:
+                stream.write(f"[pulse-ray] {have:g} GPU(s) in the cluster after {_fmt_secs(waited)}; starting "
+                             "(more workers start as the autoscaler adds GPUs)\n")
+                stream.flush()
+            return res
+        if waited >= timeout:
+            hint = (f" The request could not be sent ({request_error})." if request_error else "")
+            raise ResourcesUnavailable(
+                f"the Ray cluster still has {have:g} GPU(s) after waiting {_fmt_secs(waited)} for "
+                f"{gpus_needed:g} (asked the autoscaler for {what}).{hint} Check that the cluster has a GPU "
+                "worker group that can grow (maxReplicas, GPU nodes available, the autoscaler's log), "
+                "wait longer with --wait-for-resources SECONDS, or run on CPUs with --gpus-per-worker 0."
+            )
+        if last_report is None or waited - last_report >= report_every:
+            last_report = waited
+            stream.write(
+                f"[pulse-ray] waiting for GPUs: the cluster has {have:g}, the job needs {gpus_needed:g} to start; "
+                f"asked the Ray autoscaler for {what} ({_fmt_secs(waited)} of {_fmt_secs(timeout)})\n"
+            )
+            stream.flush()
+        time.sleep(max(0.0, min(poll, timeout - waited)))
+
+
+def _withdraw_request() -> None:
+    try:
+        _request_resources([])
+    except Exception as exc:  # best effort: the job's outcome does not depend on it
+        log.warning("could not withdraw the resource request from the Ray autoscaler: %s", exc)
 
 
 def _load_generator(source):
@@ -220,6 +329,8 @@ class _Progress:
 
 
 def _fmt_secs(s: float) -> str:
+    if 0 < s < 10 and s != int(s):
+        return f"{s:.1f}s"
     s = int(round(s))
     if s < 60:
         return f"{s}s"
@@ -291,8 +402,20 @@ def submit(
     _check_output(output)
     info = inspect_manifest(manifest)  # ManifestError: nothing written
     manifest_ids = set(info.ids)
-    done = set() if options.overwrite else (md.done_ids(output) & manifest_ids)
+    ok_in_out = md.done_ids(output)
+    done = set() if options.overwrite else (ok_in_out & manifest_ids)
     todo = [i for i in info.ids if i not in done]
+    # Restart images live at OUT/sr/<id>/r<k>.png: ids ending in "/r<number>" must not share an
+    # output with them (see stages.is_restart_name).
+    reserve_restart_names = options.keep_restarts or bool(md.metadata_files(output, md.RESTARTS_DIR))
+    if options.keep_restarts:
+        clash = sorted(i for i in ok_in_out if is_restart_name(i))
+        if clash:
+            raise UsageError(
+                f"--keep-restarts: {output} already holds results for {len(clash)} id(s) ending in /r<number> "
+                f"(e.g. {clash[0]!r}), and restart images go to OUT/sr/<id>/r<k>.png, the same paths; "
+                "use another output (or run without --keep-restarts)"
+            )
     summary = SubmitSummary(
         total=info.num_rows,
         skipped=len(done),
@@ -315,9 +438,7 @@ def submit(
                 cpus, gpus = options.num_cpus or os.cpu_count() or 1, 0
         except Exception:
             cpus, gpus = os.cpu_count() or 1, 0
-        if options.address:
-            gpus = max(gpus, options.gpus_per_worker or 0)
-        w, g, c, _, b = plan_resources(cpus, gpus, options, len(todo))
+        w, g, c, _, b = plan_resources(cpus, gpus, options, len(todo), autoscale=bool(options.address))
         summary.workers, summary.gpus_per_worker, summary.batch_size = w, g, b
         summary.processed = 0
         _fill_from_metadata(summary, output, manifest_ids)
@@ -333,14 +454,25 @@ def submit(
     import ray
 
     started = _init_ray(options)
+    requested = False
     try:
         from ray.data import ActorPoolStrategy, DataContext
 
         ctx = DataContext.get_current()
         ctx.enable_progress_bars = False
         ctx.print_on_execution_start = False
-        res = ray.cluster_resources()
-        workers, g, cpus, threads, batch = plan_resources(res.get("CPU", 1), res.get("GPU", 0), options, len(todo))
+        joined = bool(options.address)
+        res = _cluster_resources()
+        workers, g, cpus, threads, batch = plan_resources(
+            res.get("CPU", 0), res.get("GPU", 0), options, len(todo), autoscale=joined)
+        if joined and g > 0 and res.get("GPU", 0) < g * workers:
+            # An autoscaling cluster (KubeRay, `ray up`) may have no GPU node yet: ask for one
+            # bundle per worker and wait (bounded) until at least one worker's GPUs are there.
+            requested = True
+            bundle = {"GPU": int(g) if g == int(g) else g, "CPU": 1}  # a search actor claims <= 1 CPU
+            res = wait_for_gpus(g, [bundle] * workers, options.wait_for_resources, stream=stream)
+            workers, g, cpus, threads, batch = plan_resources(
+                res.get("CPU", 0), res.get("GPU", 0), options, len(todo), autoscale=True)
         summary.workers, summary.gpus_per_worker, summary.batch_size = workers, g, batch
 
         endpoint = storage.s3_endpoint_url() if (storage.is_s3(output) or any(storage.is_s3(f) for f in info.files)) else None
@@ -367,6 +499,7 @@ def submit(
                 max_pixels=options.max_pixels,
                 max_bytes=options.max_bytes,
                 s3_endpoint_url=endpoint,
+                reserve_restart_names=reserve_restart_names,
             ),
         )
         ds = ds.repartition(target_num_rows_per_block=batch)
@@ -407,26 +540,43 @@ def submit(
         progress = _Progress(len(todo), options.progress, stream)
         t_pipe = time.perf_counter()
         processed = 0
+        failed_now: list[str] = []
         for b in ds.iter_batches(batch_format="pyarrow", batch_size=None):
             st = b.column("status").to_pylist()
             ok = sum(1 for s in st if s == "ok")
             progress.update(ok, len(st) - ok)
             processed += len(st)
+            if ok < len(st):
+                failed_now += [i for i, s in zip(b.column("id").to_pylist(), st) if s != "ok"]
             if _interrupt_after is not None and processed >= _interrupt_after:
                 raise KeyboardInterrupt(f"test interrupt after {processed} rows")
         pipe_seconds = time.perf_counter() - t_pipe
     finally:
+        if requested:
+            _withdraw_request()
         if started:
             ray.shutdown()
     if options.compact:
-        md.compact(output)
+        md.compact(output, redone=frozenset(todo) if options.overwrite else None)
         if options.keep_restarts:
             md.compact(output, md.RESTARTS_DIR)
+    if options.overwrite and options.compact:
+        _remove_stale_images(output, [i for i in failed_now if i in ok_in_out])
     summary.processed = processed
     summary.images_per_minute = processed / max(1e-9, pipe_seconds) * 60.0
     _fill_from_metadata(summary, output, manifest_ids)
     summary.seconds = time.perf_counter() - t_start
     return summary
+
+
+def _remove_stale_images(output: str, ids: list[str]) -> None:
+    """``--overwrite``: ids that were ok and failed this time keep no SR image from before
+    (their metadata row, compacted already, says failed and points at nothing)."""
+    for rid in ids:
+        try:
+            storage.delete(sr_uri_for(output, images.safe_relpath(rid)))
+        except Exception as exc:  # best effort: the metadata is right either way
+            log.warning("could not remove the stale SR image of %r: %s", rid, exc)
 
 
 def _fill_from_metadata(summary: SubmitSummary, output: str, manifest_ids: set[str]) -> None:

@@ -123,6 +123,12 @@ def downscale_images(src: str, out: str, factor: int) -> ToolResult:
 
     if factor < 1:
         raise ValueError(f"--factor must be >= 1 (got {factor})")
+    from pulse_ray.search.downscale import check_factor
+
+    try:  # the same for every image: a usage error, not one skipped image after another
+        check_factor(factor)
+    except ValueError as exc:
+        raise ValueError(f"--factor: {exc}") from None
     found = list_images(src)
     if not found:
         raise FileNotFoundError(f"no images ({', '.join(images.IMAGE_SUFFIXES)}) under {src}")

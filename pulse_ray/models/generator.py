@@ -25,7 +25,7 @@ class Generator:
 
     def __init__(self, synthesis: SynthesisNetwork, mapping: MappingNetwork | None = None,
                  gaussian_fit: dict | None = None, name: str = "generator", meta: dict | None = None):
-        self.synthesis = synthesis.eval().requires_grad_(False)
+        self.synthesis = synthesis.eval().requires_grad_(False).batch_invariant()
         self.mapping = mapping.eval().requires_grad_(False) if mapping is not None else None
         self.gaussian_fit = gaussian_fit
         self.name = name

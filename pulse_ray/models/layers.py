@@ -26,14 +26,18 @@ class EqualizedLinear(nn.Module):
         self.b_mul = lrmul
 
     def forward(self, x: torch.Tensor) -> torch.Tensor:
-        # One small matrix product per row (bmm) rather than one GEMM over the batch: a row's
-        # result then does not depend on how many rows are in the batch (GEMM kernels round
-        # differently for different batch sizes), which keeps PULSE's searches batch-invariant.
+        return F.linear(x, self.weight * self.w_mul, self.bias * self.b_mul)
+
+    def forward_rowwise(self, x: torch.Tensor) -> torch.Tensor:
+        """The same map, one small matrix product per row of ``x`` [B, in].
+
+        A batched GEMM rounds differently for different batch sizes; row by row, a row's
+        result does not depend on what else is in the batch. PULSE's search needs that (an
+        image's result must not depend on its batch); the style layers are small, so it is cheap.
+        """
         w = (self.weight * self.w_mul).t()
-        b = (self.bias * self.b_mul).view(1, 1, -1)
-        rows = x.reshape(-1, 1, x.shape[-1])
-        out = torch.baddbmm(b.expand(rows.shape[0], 1, -1), rows, w.unsqueeze(0).expand(rows.shape[0], -1, -1))
-        return out.view(*x.shape[:-1], -1)
+        b = (self.bias * self.b_mul).view(1, 1, -1).expand(x.shape[0], 1, -1)
+        return torch.baddbmm(b, x.unsqueeze(1), w.unsqueeze(0).expand(x.shape[0], -1, -1)).squeeze(1)
 
 
 class Blur(nn.Module):
@@ -102,9 +106,10 @@ class StyleModulation(nn.Module):
     def __init__(self, dlatent_size: int, channels: int):
         super().__init__()
         self.lin = EqualizedLinear(dlatent_size, channels * 2, gain=1.0)
+        self.rowwise = False  # see EqualizedLinear.forward_rowwise; set by SynthesisNetwork.batch_invariant
 
     def forward(self, x: torch.Tensor, dlatent: torch.Tensor) -> torch.Tensor:
-        style = self.lin(dlatent).view(-1, 2, x.shape[1], 1, 1)
+        style = (self.lin.forward_rowwise(dlatent) if self.rowwise else self.lin(dlatent)).view(-1, 2, x.shape[1], 1, 1)
         return x * (style[:, 0] + 1.0) + style[:, 1]
 
 

@@ -14,7 +14,7 @@ import torch
 import torch.nn.functional as F
 from torch import nn
 
-from .layers import EqualizedConv2d, EqualizedLinear, LayerEpilogue, pixel_norm
+from .layers import EqualizedConv2d, EqualizedLinear, LayerEpilogue, StyleModulation, pixel_norm
 
 DLATENT_SIZE = 512
 
@@ -81,6 +81,13 @@ class SynthesisNetwork(nn.Module):
             blocks.append((f"{res}x{res}", UpBlock(channels[i - 1], channels[i], dlatent_size)))
         self.blocks = nn.ModuleDict(OrderedDict(blocks))
         self.torgb = EqualizedConv2d(channels[-1], num_channels, 1, gain=1.0)
+
+    def batch_invariant(self, enabled: bool = True) -> "SynthesisNetwork":
+        """Compute the style layers row by row, so a sample's output never depends on its batch."""
+        for m in self.modules():
+            if isinstance(m, StyleModulation):
+                m.rowwise = enabled
+        return self
 
     def noise_shapes(self, batch: int) -> list[tuple[int, int, int, int]]:
         """Shapes of the noise tensors each layer takes."""

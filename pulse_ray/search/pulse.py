@@ -9,6 +9,7 @@ is in the batch.
 
 from __future__ import annotations
 
+import contextlib
 import hashlib
 from dataclasses import dataclass, field
 
@@ -20,6 +21,67 @@ from .losses import l2_per_sample, loss_per_sample, parse_loss
 from .optim import BatchedSphericalOptimizer
 
 NOISE_TYPES = ("zero", "fixed", "trainable")
+PRECISIONS = ("fp32", "tf32", "bf16")
+
+
+def resolve_precision(precision: str | None, device: torch.device) -> str:
+    """``None`` -> ``"tf32"`` on CUDA, ``"fp32"`` elsewhere; TF32 and bf16 on a CPU are refused."""
+    if precision is None:
+        return "tf32" if device.type == "cuda" else "fp32"
+    if precision not in PRECISIONS:
+        raise ValueError(f"unknown precision {precision!r} (known: {', '.join(PRECISIONS)})")
+    if precision != "fp32" and device.type != "cuda":
+        raise ValueError(f"precision={precision!r} needs a CUDA device; the generator is on {device.type}, "
+                         f"where the search always runs in fp32 (use precision='fp32' or None)")
+    return precision
+
+
+@contextlib.contextmanager
+def _cuda_fp32_mode(precision: str, device: torch.device):
+    """TF32 on or off for CUDA matmuls and convolutions while the search runs (restored after)."""
+    if device.type != "cuda":
+        yield
+        return
+    tf32 = precision in ("tf32", "bf16")
+    if hasattr(torch.backends.cuda.matmul, "fp32_precision"):  # torch >= 2.9: the new API only (torch
+        # refuses to read the legacy allow_tf32 flags while they disagree with it; restoring makes them agree)
+        flags = (torch.backends.cuda.matmul, torch.backends.cudnn.conv, torch.backends.cudnn.rnn)
+        saved = [f.fp32_precision for f in flags]
+        for f in flags:
+            f.fp32_precision = "tf32" if tf32 else "ieee"
+        try:
+            yield
+        finally:
+            for f, v in zip(flags, saved):
+                f.fp32_precision = v
+    else:
+        saved = (torch.backends.cuda.matmul.allow_tf32, torch.backends.cudnn.allow_tf32)
+        torch.backends.cuda.matmul.allow_tf32 = torch.backends.cudnn.allow_tf32 = tf32
+        try:
+            yield
+        finally:
+            torch.backends.cuda.matmul.allow_tf32, torch.backends.cudnn.allow_tf32 = saved
+
+
+def _synthesis_fn(g: Generator, precision: str, compile: bool):
+    """The generator forward the search calls: compiled and/or under bf16 autocast when asked."""
+    net = g.synthesis
+    if compile:
+        # compiled once per generator (and kept on it): later searches reuse the compiled code
+        cached = g.__dict__.get("_compiled_synthesis")
+        if cached is None or cached[0] is not net:
+            cached = (net, torch.compile(net))
+            g.__dict__["_compiled_synthesis"] = cached
+        net = cached[1]
+    if precision != "bf16":
+        return net
+
+    def forward(w, noise):
+        with torch.autocast(device_type="cuda", dtype=torch.bfloat16):
+            out = net(w, noise)
+        return out.float()
+
+    return forward
 
 
 @dataclass
@@ -105,7 +167,8 @@ class _Searches:
                                              opts["learning_rate"], opts["lr_schedule"], opts["steps"])
         self.best_mse = torch.full((slots,), float("inf"))
         self.best_step = torch.zeros(slots, dtype=torch.long)
-        self.best_image = torch.zeros(slots, 3, g.resolution, g.resolution)
+        # the best iterate stays on the generator's device: no image copied back every step
+        self.best_image = torch.zeros(slots, 3, g.resolution, g.resolution, device=dev)
 
     def start(self, slot: int, seed: int) -> None:
         """Initialise slot ``slot`` for a new search drawn from ``seed`` (on the CPU, so any device agrees)."""
@@ -145,7 +208,8 @@ def upsample(lr_batch, generator: Generator | str | None = None, *, restarts: in
              lr_schedule: str = "linear1cycledrop", noise_type: str = "trainable",
              num_trainable_noise_layers: int = 5, bad_noise_layers: str = "17", tile_latent: bool = False,
              batch_size: int | None = None, early_stop: bool = True, patience: int = 5,
-             skip_converged_restarts: bool = False) -> list[SearchResult]:
+             skip_converged_restarts: bool = False, precision: str | None = None,
+             compile: bool = False) -> list[SearchResult]:
     """Super-resolve LR faces with PULSE; one :class:`SearchResult` per input image.
 
     ``lr_batch``: ``[B, C, h, w]`` in [0, 1] or a list of ``[C, h, w]`` (sizes may differ).
@@ -154,9 +218,31 @@ def upsample(lr_batch, generator: Generator | str | None = None, *, restarts: in
     no iterate reached ``eps``. ``early_stop`` lets a converged search that stopped improving
     for ``patience`` steps leave the batch; ``skip_converged_restarts`` drops an image's
     remaining restarts once one has converged.
+
+    Fast-path knobs: ``precision`` is ``"fp32"``, ``"tf32"`` (TF32 matmuls and convolutions) or
+    ``"bf16"`` (TF32, and the generator forward under bf16 autocast); ``None`` means ``"tf32"`` on
+    CUDA and ``"fp32"`` on the CPU, where ``"tf32"`` and ``"bf16"`` are refused with a ValueError.
+    ``compile=True`` runs the synthesis network through ``torch.compile`` (compiled once per
+    generator object). Both change rounding, so results then agree with fp32 within tolerance rather
+    than bit for bit, and are no longer guaranteed independent of the batch.
     """
     g = generator if isinstance(generator, Generator) else load_generator(generator)
     g.require_gaussian_fit()
+    precision = resolve_precision(precision, g.device)
+    with _cuda_fp32_mode(precision, g.device):
+        return _upsample(lr_batch, g, restarts=restarts, steps=steps, eps=eps, seed=seed, ids=ids,
+                         keep_restarts=keep_restarts, loss=loss, optimizer=optimizer,
+                         learning_rate=learning_rate, lr_schedule=lr_schedule, noise_type=noise_type,
+                         num_trainable_noise_layers=num_trainable_noise_layers,
+                         bad_noise_layers=bad_noise_layers, tile_latent=tile_latent, batch_size=batch_size,
+                         early_stop=early_stop, patience=patience,
+                         skip_converged_restarts=skip_converged_restarts,
+                         synthesize=_synthesis_fn(g, precision, compile))
+
+
+def _upsample(lr_batch, g: Generator, *, restarts, steps, eps, seed, ids, keep_restarts, loss, optimizer,
+              learning_rate, lr_schedule, noise_type, num_trainable_noise_layers, bad_noise_layers, tile_latent,
+              batch_size, early_stop, patience, skip_converged_restarts, synthesize) -> list[SearchResult]:
     images = list(lr_batch) if not torch.is_tensor(lr_batch) else list(lr_batch.unbind(0)) \
         if lr_batch.dim() == 4 else None
     if images is None:
@@ -216,7 +302,7 @@ def upsample(lr_batch, generator: Generator | str | None = None, *, restarts: in
         trainable = [t[rows_dev].clone().requires_grad_(True) for t in s.trainable]
         w = latent.expand(-1, g.num_layers, -1) if tile_latent else latent
         w = torch.nn.functional.leaky_relu(w * std + mean, 0.2)
-        hr = (g.synthesize(w, s.noise_for(rows_dev, trainable)) + 1) / 2
+        hr = (synthesize(w, s.noise_for(rows_dev, trainable)) + 1) / 2
         total = hr.new_zeros(())
         mse = torch.zeros(len(active))
         for f in sorted({factors[owner[k][0]] for k in active}):
@@ -237,7 +323,7 @@ def upsample(lr_batch, generator: Generator | str | None = None, *, restarts: in
             idx = rows[improved]
             s.best_mse[idx] = mse[improved]
             s.best_step[idx] = step_now[improved]
-            s.best_image[idx] = hr.detach()[improved.to(hr.device)].clamp(0, 1).cpu().float()
+            s.best_image[idx.to(hr.device)] = hr.detach()[improved.to(hr.device)].clamp(0, 1).float()
         s.opt.step([gr.detach() for gr in grads], rows_dev)
         for k in sorted(set(active)):
             done_steps = int(s.opt.step_count[k])
@@ -246,7 +332,8 @@ def upsample(lr_batch, generator: Generator | str | None = None, *, restarts: in
                 early_stop and conv and done_steps - int(s.best_step[k]) > patience)
             if finished:
                 i, r, sd = owner[k]
-                outcome[(i, r)] = SearchResult(image=s.best_image[k].clone(), downscale_mse=float(s.best_mse[k]),
+                outcome[(i, r)] = SearchResult(image=s.best_image[k].to("cpu", copy=True),
+                                               downscale_mse=float(s.best_mse[k]),
                                                converged=conv, restart=r, steps=done_steps, seed=sd)
                 if conv:
                     converged_images.add(i)

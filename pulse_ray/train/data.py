@@ -103,3 +103,29 @@ def _tight_crop(img: Image.Image, size: int) -> Image.Image | None:
         if boxes and boxes[0][2] >= 0.45 * w:
             return rgb.resize((size, size), Image.Resampling.LANCZOS)
     return align_face(rgb, size)
+
+
+def held_out_faces(source: str, size: int, n: int, held_out_share: float = 0.03) -> tuple[list[str], np.ndarray]:
+    """The first ``n`` photos of ``source`` that training kept out, aligned to ``size`` px.
+
+    Uses the same deterministic split as :func:`prepare_faces`, so these are faces the bundled
+    generator has never seen. Returns ids and ``[n, size, size, 3]`` uint8 images.
+    """
+    ids, images = [], []
+    for photo_id, person, data in _iter_source(source):
+        if not is_held_out(person or photo_id, held_out_share):
+            continue
+        try:
+            img = Image.open(io.BytesIO(data))
+            img.load()
+        except Exception:
+            continue
+        face = _tight_crop(img, size)
+        if face is not None:
+            ids.append(photo_id)
+            images.append(np.asarray(face, dtype=np.uint8))
+            if len(ids) == n:
+                break
+    if len(ids) < n:
+        raise ValueError(f"{source}: only {len(ids)} held-out faces, {n} asked for")
+    return ids, np.stack(images)

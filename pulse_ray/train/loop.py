@@ -148,7 +148,8 @@ class Trainer:
         return {"d": d_loss.item(), "g": g_loss.item(), "r1": r1.item()}
 
     def sample_grid(self, level: int, alpha: float, path: str, n: int = 64) -> None:
-        with torch.no_grad():
+        with torch.no_grad(), torch.random.fork_rng(devices=[]):  # fixed noise; training's RNG untouched
+            torch.manual_seed(0)
             imgs = self.G_ema(self.sample_z[:n], level, alpha)
         imgs = F.interpolate(imgs, size=self.cfg.resolution, mode="nearest")
         save_grid(((imgs + 1) / 2).clamp(0, 1), path, cols=8)
@@ -228,6 +229,8 @@ def main(argv: list[str] | None = None) -> int:
     p.add_argument("--export-level", type=int, default=None,
                    help="resolution level to export (2 = 8 px ... 5 = 64 px); default: highest fully grown")
     p.add_argument("--reset-ema", action="store_true", help="on resume, restart the EMA from the current weights")
+    p.add_argument("--export-only", action="store_true", help="export RUN/state.pt to --export without training")
+    p.add_argument("--fit-samples", type=int, default=1_000_000, help="latents for the exported gaussian fit")
     p.add_argument("--config", default=None, help="JSON file overriding TrainConfig fields")
     args = p.parse_args(argv)
 
@@ -237,21 +240,28 @@ def main(argv: list[str] | None = None) -> int:
     os.makedirs(args.run_dir, exist_ok=True)
     state_path = os.path.join(args.run_dir, "state.pt")
     cfg = TrainConfig(data=args.data)
-    if args.config:
-        with open(args.config) as f:
-            cfg = TrainConfig(**{**asdict(cfg), **json.load(f)})
-    if args.resume and os.path.exists(state_path):
+    from_state = (args.resume or args.export_only) and os.path.exists(state_path)
+    if from_state:
         saved = torch.load(state_path, map_location="cpu", weights_only=True)["config"]
         cfg = TrainConfig(**{**saved, "data": args.data})
+    if args.config:  # overrides, e.g. a longer schedule for a resumed run
+        with open(args.config) as f:
+            cfg = TrainConfig(**{**asdict(cfg), **json.load(f)})
     trainer = Trainer(cfg, args.run_dir, device)
-    if args.resume and os.path.exists(state_path):
+    if from_state:
         trainer.load(state_path)
         if args.reset_ema:
             trainer.G_ema.load_state_dict(trainer.G.state_dict())
         print(f"resumed at {trainer.cur_img} images", flush=True)
+    if args.export_only:
+        if not (args.export and from_state):
+            p.error("--export-only needs --export PATH and an existing RUN/state.pt")
+        name = export(trainer, args.export, level=args.export_level, gaussian_samples=args.fit_samples)
+        print(f"exported {name} ({trainer.cur_img} images shown) to {args.export}", flush=True)
+        return 0
     data = load_dataset(cfg, args.run_dir).to(device)
     n = data.shape[0]
-    gen = torch.Generator().manual_seed(cfg.seed + trainer.step)
+    gen = torch.Generator()
 
     stop_requested = []
     signal.signal(signal.SIGTERM, lambda *_: stop_requested.append(True))
@@ -261,6 +271,7 @@ def main(argv: list[str] | None = None) -> int:
     stop_img = args.kimg * 1000 if args.kimg else None
     while True:
         level, alpha, batch = trainer.schedule.at(trainer.cur_img)
+        gen.manual_seed(cfg.seed * 1_000_003 + trainer.step)  # per step, so --resume continues exactly
         idx = torch.randint(0, n, (batch,), generator=gen)
         reals = data[idx]
         if torch.rand((), generator=gen) < 0.5:
@@ -290,7 +301,7 @@ def main(argv: list[str] | None = None) -> int:
             break
     print(f"saved {state_path} at {trainer.cur_img} images", flush=True)
     if args.export:
-        export(trainer, args.export, level=args.export_level)
+        export(trainer, args.export, level=args.export_level, gaussian_samples=args.fit_samples)
         print(f"exported {args.export}", flush=True)
     return 0
 
