@@ -151,6 +151,8 @@ def run_mode(mode: str, g, lr, ids, cfg: dict) -> dict:
               "pulse_ray-compile": {"compile": True}}[mode]
     if cfg.get("batch_size") and "batch_size" not in kwargs:
         kwargs["batch_size"] = cfg["batch_size"]
+    if cfg.get("patience") is not None:
+        kwargs["patience"] = cfg["patience"]
     warm = {k: v for k, v in kwargs.items() if k == "compile"}  # compiling is part of the warm-up
     pulse_ray.upsample(lr[:1], g, restarts=min(restarts, 2), steps=2, eps=eps, seed=seed + 1, **warm)
     t0 = time.perf_counter()
@@ -241,6 +243,7 @@ def main(argv=None) -> int:
     ap.add_argument("--eps", type=float, default=2e-3)
     ap.add_argument("--seed", type=int, default=0)
     ap.add_argument("--batch-size", type=int, default=None, help="pulse_ray's generator batch (default: its own)")
+    ap.add_argument("--patience", type=int, default=None, help="pulse_ray's early-stop patience (default: its own)")
     ap.add_argument("--modes", default="reference-loop,pulse_ray", help=f"comma-separated, from {', '.join(MODES)}")
     ap.add_argument("--source", default=DEFAULT_SOURCE,
                     help="faces Parquet (held-out rows are used), or 'samples' for generator samples")
@@ -273,15 +276,18 @@ def main(argv=None) -> int:
     prep_s = time.perf_counter() - t0
     cfg = {"generator": args.generator, "restarts": args.restarts, "steps": args.steps, "eps": args.eps,
            "seed": args.seed, "batch_size": args.batch_size, "threads": args.threads, "device": args.device,
+           "patience": args.patience,
            "scaling_steps": args.scaling_steps,
            "n_override": {**{m: args.images for m in modes}, **{f"scaling{c}": c for c in scaling}}}
     results = {
         "command": "python benchmarks/bench_search.py " + " ".join(sys.argv[1:] if argv is None else argv),
         "date": time.strftime("%Y-%m-%d %H:%M:%S %Z"),
         "config": {"generator": g.name, "generator_source": args.generator, "resolution": g.resolution,
+                   "generator_images_shown": g.meta.get("images_shown"),
                    "num_layers": g.num_layers, "factor": args.factor, "lr_size": g.resolution // args.factor,
                    "images": args.images, "restarts": args.restarts, "steps": args.steps, "eps": args.eps,
-                   "seed": args.seed, "batch_size": args.batch_size, "source": args.source},
+                   "seed": args.seed, "batch_size": args.batch_size, "patience": args.patience,
+                   "source": args.source},
         "machine": {"cpus": os.cpu_count(), "platform": platform.platform(), "python": platform.python_version(),
                     "torch": torch.__version__, "torch_threads": args.threads or torch.get_num_threads(),
                     "device": args.device or ("cuda" if torch.cuda.is_available() else "cpu"),

@@ -135,6 +135,8 @@ def time_upsample(g, lr, batch: int, precision: str, steps: int, warmup: int, co
     out = {"batch": batch, "precision": precision, "compile": compile, "steps": steps, "seconds": dt,
            "seconds_per_step": dt / steps, "image_steps_per_s": batch * steps / dt,
            "seconds_per_call_of_warmup_plus_steps": t2 - t1,
+           # a lone search runs as two identical rows (pulse_ray's batch invariance), so batch 1 computes 2
+           "rows_computed": 2 if batch == 1 else batch,
            "mean_downscale_mse": sum(r.downscale_mse for r in res) / len(res)}
     if dev.type == "cuda":
         out["peak_gpu_mb"] = torch.cuda.max_memory_allocated(dev) / 2**20

@@ -109,7 +109,7 @@ def reference_search(g, ref_im: torch.Tensor, factor: int, seed: int, *, steps: 
     terms = parse_loss(loss)
     mean, std = g.gaussian_fit["mean"], g.gaussian_fit["std"]
 
-    min_loss, min_l2, min_mse = float("inf"), float("inf"), float("inf")
+    min_loss, min_l2, min_mse = float("inf"), None, float("inf")
     best_im = gen_im = min_mse_im = None
     for _ in range(steps):
         opt.opt.zero_grad()
@@ -126,7 +126,10 @@ def reference_search(g, ref_im: torch.Tensor, factor: int, seed: int, *, steps: 
             min_loss = total.item()
             best_im = gen_im.detach().clone()
         if "L2" in values:
-            min_l2 = min(min_l2, values["L2"].sum().item())
+            # a float32 tensor, as in the reference: its "min_l2 <= eps" then compares in float32, where
+            # the clamped value equals eps (a python-float comparison would miss float32(eps) > eps)
+            l2 = values["L2"].sum().detach().cpu()
+            min_l2 = l2 if min_l2 is None or l2 < min_l2 else min_l2
         total.backward()
         opt.step()
         scheduler.step()
@@ -139,10 +142,10 @@ def reference_search(g, ref_im: torch.Tensor, factor: int, seed: int, *, steps: 
         "best_im": best_im[0].clamp(0, 1).cpu(),
         "best_mse": best_mse,
         "last_mse": last_mse,
-        "min_l2": min_l2,
+        "min_l2": float(min_l2) if min_l2 is not None else float("inf"),
         "min_mse": min_mse,  # lowest unclamped downscale MSE of any iterate (what pulse_ray returns) ...
         "min_mse_im": min_mse_im[0].clamp(0, 1).cpu(),  # ... and that iterate; not part of the reference
-        "converged": min_l2 <= eps,
+        "converged": bool(min_l2 <= eps) if min_l2 is not None else False,
         "steps": steps,
     }
 

@@ -158,3 +158,15 @@ def test_batched_optimizers_match_torch_then_project(name, opt_cls, kw):
         with torch.no_grad():
             ref_p.div_(sphere_norm(ref_p)).mul_(radii)
     assert torch.allclose(ours_p, ref_p.detach(), atol=1e-5)
+
+
+@pytest.mark.slow
+def test_planted_solution_on_bundled_generator():
+    g = pulse_ray.load_generator()
+    lr = planted(g, 2, factor=4).clamp(0, 1)  # an LR image is an image: values in [0, 1]
+    res = pulse_ray.upsample(lr, g, restarts=2, steps=100, eps=2e-3, seed=0)
+    for i, r in enumerate(res):
+        assert r.converged and r.downscale_mse <= 2e-3
+        # output_mse is the error of the image returned (clamped to [0, 1])
+        mse = (pulse_ray.downscale(r.image[None], 4) - lr[i:i + 1]).pow(2).mean().item()
+        assert mse == pytest.approx(r.output_mse, rel=1e-4, abs=1e-7)

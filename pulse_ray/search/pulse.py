@@ -89,7 +89,8 @@ class SearchResult:
     """The outcome of one image (or one restart of it)."""
 
     image: torch.Tensor  # [3, R, R] in [0, 1], the best iterate
-    downscale_mse: float  # MSE between DS(image) and the LR input
+    downscale_mse: float  # PULSE's L2: MSE between DS(G(z)) and the LR input, G(z) before clamping
+    output_mse: float  # the same for the image returned (clamped to [0, 1]); larger when G(z) left [0, 1]
     converged: bool  # downscale_mse <= eps
     restart: int  # which restart produced it
     steps: int  # optimizer steps that restart ran
@@ -332,9 +333,12 @@ def _upsample(lr_batch, g: Generator, *, restarts, steps, eps, seed, ids, keep_r
                 early_stop and conv and done_steps - int(s.best_step[k]) > patience)
             if finished:
                 i, r, sd = owner[k]
-                outcome[(i, r)] = SearchResult(image=s.best_image[k].to("cpu", copy=True),
-                                               downscale_mse=float(s.best_mse[k]),
-                                               converged=conv, restart=r, steps=done_steps, seed=sd)
+                image = s.best_image[k].to("cpu", copy=True)
+                out_mse = l2_per_sample(downscale(image[None].expand(2, -1, -1, -1), factors[i])[:1],
+                                        refs[i][None].cpu())
+                outcome[(i, r)] = SearchResult(image=image, downscale_mse=float(s.best_mse[k]),
+                                               output_mse=float(out_mse), converged=conv, restart=r,
+                                               steps=done_steps, seed=sd)
                 if conv:
                     converged_images.add(i)
                 fill(k)
@@ -343,7 +347,8 @@ def _upsample(lr_batch, g: Generator, *, restarts, steps, eps, seed, ids, keep_r
     for i in range(len(images)):
         runs = [outcome[(i, r)] for r in range(restarts) if (i, r) in outcome]
         best = min(runs, key=lambda x: x.downscale_mse)
-        results.append(SearchResult(image=best.image, downscale_mse=best.downscale_mse, converged=best.converged,
+        results.append(SearchResult(image=best.image, downscale_mse=best.downscale_mse, output_mse=best.output_mse,
+                                    converged=best.converged,
                                     restart=best.restart, steps=best.steps, seed=best.seed,
                                     restarts=runs if keep_restarts else []))
     return results
