@@ -52,7 +52,7 @@ def test_fp32_is_the_cpu_default_bit_for_bit(reference):
                     reason="torch.compile's CPU backend needs a C compiler")
 def test_compile_agrees_with_eager_within_tolerance(reference):
     """Tolerance: returned images within 1e-3 (max abs, [0, 1] scale), downscale MSE within 1e-3 relative,
-    after 4 steps. (Measured here: about 6e-5 and 3e-6.) Compiling takes up to a minute on 2 cores."""
+    after 4 steps. (Measured here: about 6e-5 and 3e-6.) Compiling takes 1-4 minutes on this 2-core machine."""
     g = tiny_generator(reference)
     hr = g.sample(2, seed=3)
     lr = pulse_ray.downscale(hr, 4)
