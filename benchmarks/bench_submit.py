@@ -32,6 +32,8 @@ def main(argv=None) -> int:
     ap.add_argument("--num-cpus", type=int, default=os.cpu_count() or 1)
     ap.add_argument("--workers", default="1,2", help="comma-separated worker counts for submit")
     ap.add_argument("--out", default="bench_submit.json")
+    ap.add_argument("--threads", type=int, default=None,
+                    help="torch threads for the in-process run (match one actor's share for a fair overhead figure)")
     args = ap.parse_args(argv)
 
     import numpy as np
@@ -64,7 +66,9 @@ def main(argv=None) -> int:
         "runs": {},
     }
 
-    # in-process: pulse_ray.upsample in batches of batch_size, all cores
+    # in-process: pulse_ray.upsample in batches of batch_size (all cores unless --threads)
+    if args.threads:
+        torch.set_num_threads(args.threads)
     t0 = time.perf_counter()
     g2 = pulse_ray.load_generator(args.generator)
     mses = []
