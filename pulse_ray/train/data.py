@@ -76,21 +76,26 @@ def prepare_faces(source: str, size: int, held_out_share: float = 0.03, limit: i
         if is_held_out(person or photo_id, held_out_share):
             held_out.append(photo_id)
             continue
-        try:
-            img = Image.open(io.BytesIO(data))
-            img.load()
-        except Exception:  # unreadable photos are simply not training data
+        face = decode_face(data, size)
+        if face is None:  # unreadable, or no face: not training data
             dropped += 1
             continue
-        face = _tight_crop(img, size)
-        if face is None:
-            dropped += 1
-            continue
-        images.append(np.asarray(face, dtype=np.uint8))
+        images.append(face)
         ids.append(photo_id)
     if not images:
         raise ValueError(f"{source}: no usable face photos found")
     return PreparedFaces(np.stack(images), ids, held_out, dropped)
+
+
+def decode_face(data: bytes, size: int) -> np.ndarray | None:
+    """Encoded photo -> aligned ``[size, size, 3]`` uint8 face, or None (unreadable, or no face)."""
+    try:
+        img = Image.open(io.BytesIO(data))
+        img.load()
+    except Exception:  # any decoder error: this photo is unusable
+        return None
+    face = _tight_crop(img, size)
+    return None if face is None else np.asarray(face, dtype=np.uint8)
 
 
 def _tight_crop(img: Image.Image, size: int) -> Image.Image | None:
@@ -115,15 +120,10 @@ def held_out_faces(source: str, size: int, n: int, held_out_share: float = 0.03)
     for photo_id, person, data in _iter_source(source):
         if not is_held_out(person or photo_id, held_out_share):
             continue
-        try:
-            img = Image.open(io.BytesIO(data))
-            img.load()
-        except Exception:
-            continue
-        face = _tight_crop(img, size)
+        face = decode_face(data, size)
         if face is not None:
             ids.append(photo_id)
-            images.append(np.asarray(face, dtype=np.uint8))
+            images.append(face)
             if len(ids) == n:
                 break
     if len(ids) < n:
