@@ -32,6 +32,30 @@ def _fail_usage(msg: str) -> None:
     raise typer.Exit(2)
 
 
+def _run_tool(s3_endpoint_url, fn, *args, **kwargs):
+    """Run a file tool: bad input is exit 2, anything else exit 1."""
+    from pulse_ray.io import storage
+
+    if s3_endpoint_url:
+        storage.set_s3_endpoint_url(s3_endpoint_url)
+    try:
+        return fn(*args, **kwargs)
+    except (ValueError, FileNotFoundError) as exc:
+        _fail_usage(str(exc))
+    except Exception as exc:
+        _err(f"{type(exc).__name__}: {exc}")
+        raise typer.Exit(1)
+
+
+def _report(done: str, skipped: list) -> None:
+    """One line of what was written, then up to 20 skipped inputs with their reasons."""
+    typer.echo(done + (f"; skipped {len(skipped)}" if skipped else ""))
+    for uri, why in skipped[:20]:
+        typer.echo(f"  skipped {uri}: {why}", err=True)
+    if len(skipped) > 20:
+        typer.echo(f"  ... and {len(skipped) - 20} more", err=True)
+
+
 # ----------------------------------------------------------------------------- submit
 
 
@@ -126,23 +150,10 @@ def make_manifest(
     s3_endpoint_url: Annotated[Optional[str], typer.Option(help="S3-compatible endpoint.")] = None,
 ):
     """Images -> manifest (id, uri) or, with --align, (id, image, source_uri)."""
-    from pulse_ray.io import storage
     from pulse_ray.job.tools import make_manifest as run
 
-    if s3_endpoint_url:
-        storage.set_s3_endpoint_url(s3_endpoint_url)
-    try:
-        res = run(src, output, align=align, lr_size=lr_size)
-    except (ValueError, FileNotFoundError) as exc:
-        _fail_usage(str(exc))
-    except Exception as exc:
-        _err(f"{type(exc).__name__}: {exc}")
-        raise typer.Exit(1)
-    typer.echo(f"wrote {output}: {res.written} rows" + (f"; skipped {len(res.skipped)}" if res.skipped else ""))
-    for uri, why in res.skipped[:20]:
-        typer.echo(f"  skipped {uri}: {why}", err=True)
-    if len(res.skipped) > 20:
-        typer.echo(f"  ... and {len(res.skipped) - 20} more", err=True)
+    res = _run_tool(s3_endpoint_url, run, src, output, align=align, lr_size=lr_size)
+    _report(f"wrote {output}: {res.written} rows", res.skipped)
 
 
 # ----------------------------------------------------------------------------- downscale
@@ -156,21 +167,10 @@ def downscale(
     s3_endpoint_url: Annotated[Optional[str], typer.Option(help="S3-compatible endpoint.")] = None,
 ):
     """HR images -> LR images with the degradation the search inverts."""
-    from pulse_ray.io import storage
     from pulse_ray.job.tools import downscale_images
 
-    if s3_endpoint_url:
-        storage.set_s3_endpoint_url(s3_endpoint_url)
-    try:
-        res = downscale_images(src, output, factor)
-    except (ValueError, FileNotFoundError) as exc:
-        _fail_usage(str(exc))
-    except Exception as exc:
-        _err(f"{type(exc).__name__}: {exc}")
-        raise typer.Exit(1)
-    typer.echo(f"wrote {res.written} LR image(s) to {output}" + (f"; skipped {len(res.skipped)}" if res.skipped else ""))
-    for uri, why in res.skipped[:20]:
-        typer.echo(f"  skipped {uri}: {why}", err=True)
+    res = _run_tool(s3_endpoint_url, downscale_images, src, output, factor)
+    _report(f"wrote {res.written} LR image(s) to {output}", res.skipped)
 
 
 # ----------------------------------------------------------------------------- upsample
