@@ -203,6 +203,7 @@ class FakeResult:
     steps: int
     seed: int
     restarts: list = field(default_factory=list)
+    output_mse: float = 1e-3
 
 
 def fake_upsample(lrs, generator, restarts, steps, eps, seed, ids=None, keep_restarts=False):

@@ -67,6 +67,7 @@ def test_local_end_to_end_mixed_rows_bad_inputs_then_resume(ray_cluster, generat
         with Image.open(r["sr_uri"]) as im:
             assert im.size == (R, R)
         assert math.isfinite(r["downscale_mse"]) and r["downscale_mse"] >= 0
+        assert math.isfinite(r["output_mse"]) and r["output_mse"] >= 0
         assert r["steps"] is not None and 1 <= r["steps"] <= 3 and r["restart"] in (0, 1)
         assert r["generator"] == generator.name and r["seconds"] > 0 and r["restarts"] == 2
         assert isinstance(r["converged"], bool)

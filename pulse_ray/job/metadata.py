@@ -66,7 +66,8 @@ METADATA_FIELDS = [
     pa.field("lr_width", pa.int32()),
     pa.field("lr_height", pa.int32()),
     pa.field("factor", pa.int32()),
-    pa.field("downscale_mse", pa.float64()),
+    pa.field("downscale_mse", pa.float64()),  # PULSE's L2, G(z) before clamping (judged against eps)
+    pa.field("output_mse", pa.float64()),  # the same for the SR image as returned (clamped to [0, 1])
     pa.field("converged", pa.bool_()),
     pa.field("restart", pa.int32()),  # index of the best restart
     pa.field("steps", pa.int32()),  # steps the best restart ran

@@ -280,10 +280,11 @@ class SearchStage:
                         error[i] = f"search failed: {type(exc).__name__}: {exc}"
                         kind[i] = "search_error"
         per_image = (time.perf_counter() - t0) / max(1, len(results))
-        cols = {k: [None] * n for k in ("mse", "conv", "restart", "steps", "seed", "sr", "sec")}
+        cols = {k: [None] * n for k in ("mse", "out_mse", "conv", "restart", "steps", "seed", "sr", "sec")}
         rcols = {k: [None] * n for k in ("px", "mse", "conv", "steps", "seed")}
         for i, r in results.items():
             cols["mse"][i] = float(r.downscale_mse)
+            cols["out_mse"][i] = float(r.output_mse)
             cols["conv"][i] = bool(r.converged)
             cols["restart"][i] = int(r.restart)
             cols["steps"][i] = int(r.steps)
@@ -304,6 +305,7 @@ class SearchStage:
             ("error", error, pa.string()),
             ("error_kind", kind, pa.string()),
             ("downscale_mse", cols["mse"], pa.float64()),
+            ("output_mse", cols["out_mse"], pa.float64()),
             ("converged", cols["conv"], pa.bool_()),
             ("restart", cols["restart"], pa.int32()),
             ("steps", cols["steps"], pa.int32()),
