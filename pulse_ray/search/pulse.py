@@ -208,7 +208,7 @@ def upsample(lr_batch, generator: Generator | str | None = None, *, restarts: in
              loss: str = "100*L2+0.05*GEOCROSS", optimizer: str = "adam", learning_rate: float = 0.4,
              lr_schedule: str = "linear1cycledrop", noise_type: str = "trainable",
              num_trainable_noise_layers: int = 5, bad_noise_layers: str = "17", tile_latent: bool = False,
-             batch_size: int | None = None, early_stop: bool = True, patience: int = 5,
+             batch_size: int | None = None, early_stop: bool = True, patience: int = 10,
              skip_converged_restarts: bool = False, precision: str | None = None,
              compile: bool = False) -> list[SearchResult]:
     """Super-resolve LR faces with PULSE; one :class:`SearchResult` per input image.
