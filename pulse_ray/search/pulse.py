@@ -275,7 +275,6 @@ def _upsample(lr_batch, g: Generator, *, restarts, steps, eps, seed, ids, keep_r
     owner: list = [None] * slots  # (image, restart, seed) per slot
     outcome = {}  # (image, restart) -> SearchResult
     converged_images = set()
-    mean, std = g.gaussian_fit["mean"], g.gaussian_fit["std"]
 
     def fill(slot: int) -> None:
         while queue:
@@ -302,7 +301,7 @@ def _upsample(lr_batch, g: Generator, *, restarts, steps, eps, seed, ids, keep_r
         latent = s.latent[rows_dev].clone().requires_grad_(True)
         trainable = [t[rows_dev].clone().requires_grad_(True) for t in s.trainable]
         w = latent.expand(-1, g.num_layers, -1) if tile_latent else latent
-        w = torch.nn.functional.leaky_relu(w * std + mean, 0.2)
+        w = g.latents_from_prior(w)
         hr = (synthesize(w, s.noise_for(rows_dev, trainable)) + 1) / 2
         total = hr.new_zeros(())
         mse = torch.zeros(len(active))
