@@ -204,7 +204,6 @@ def main(argv=None) -> int:
 
     import torch
 
-    import pulse_ray
 
     dev = torch.device(args.device or ("cuda" if torch.cuda.is_available() else "cpu"))
     cuda = dev.type == "cuda"

@@ -8,7 +8,6 @@ manifest (nothing written); 1 an infrastructure failure; 130 interrupted
 from __future__ import annotations
 
 import json
-import sys
 from typing import List, Optional
 
 import typer

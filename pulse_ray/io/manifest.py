@@ -21,7 +21,6 @@ from __future__ import annotations
 
 import io
 import os
-from collections import Counter
 from dataclasses import dataclass, field
 
 import pyarrow as pa

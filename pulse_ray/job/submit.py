@@ -25,7 +25,6 @@ import math
 import os
 import sys
 import time
-import uuid
 from collections import Counter
 from dataclasses import asdict, dataclass, field
 

@@ -116,7 +116,6 @@ def downscale_images(src: str, out: str, factor: int) -> ToolResult:
     """HR images -> LR images (``pulse_ray.downscale``, the degradation the search
     inverts) at ``OUT/<same relative path>.png``. Images whose sides the factor does
     not divide are skipped and reported."""
-    import numpy as np
     import torch
 
     import pulse_ray
