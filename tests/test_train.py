@@ -71,3 +71,19 @@ def test_training_runs_grows_and_resumes_exactly(small_faces, tmp_path):
     assert g.sample(2).shape == (2, 3, 16, 16)
     res = pulse_ray.upsample(pulse_ray.downscale(g.sample(1), 4), g, restarts=1, steps=3)
     assert res[0].image.shape == (3, 16, 16)
+
+
+def test_progress_bar_shows_share_and_time_left():
+    assert loop.progress_bar(0.25, elapsed_s=600, width=8) == "[##------]  25% 0:30:00 left"
+    assert loop.progress_bar(0.0, elapsed_s=5, width=4) == "[----]   0% --:--:-- left"
+    assert loop.progress_bar(1.7, elapsed_s=60, width=4) == "[####] 100% 0:00:00 left"
+
+
+def test_resume_takes_the_learning_rate_from_the_config(tmp_path):
+    cfg = loop.TrainConfig(**{**TINY, "lr": 0.002})
+    first = loop.Trainer(cfg, str(tmp_path), torch.device("cpu"))
+    first.save()
+    resumed = loop.Trainer(loop.TrainConfig(**{**TINY, "lr": 0.0005}), str(tmp_path), torch.device("cpu"))
+    resumed.load(str(tmp_path / "state.pt"))
+    for opt in (resumed.opt_g, resumed.opt_d):
+        assert [grp["lr"] for grp in opt.param_groups] == [0.0005] * len(opt.param_groups)

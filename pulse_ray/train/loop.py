@@ -106,6 +106,9 @@ class Trainer:
         self.G_ema.load_state_dict(st["G_ema"])
         self.opt_g.load_state_dict(st["opt_g"])
         self.opt_d.load_state_dict(st["opt_d"])
+        for opt in (self.opt_g, self.opt_d):  # the optimizer state carries the old lr; the config decides
+            for group in opt.param_groups:
+                group["lr"] = self.cfg.lr
         self.cur_img, self.step = int(st["cur_img"]), int(st["step"])
         torch.set_rng_state(st["rng"])
 
@@ -167,6 +170,15 @@ def save_grid(images: torch.Tensor, path: str, cols: int = 8) -> None:
     tmp = f"{path}.tmp.png"
     Image.fromarray(arr).save(tmp)
     os.replace(tmp, path)
+
+
+def progress_bar(share: float, elapsed_s: float, width: int = 20) -> str:
+    """``[#####-----]  25% 0:10:00 left``: how far the run is toward its --minutes or --kimg stop."""
+    share = min(max(share, 0.0), 1.0)
+    filled = round(share * width)
+    left = elapsed_s * (1 - share) / share if share > 0 else float("nan")
+    left_s = "--:--:--" if left != left else f"{int(left) // 3600}:{int(left) % 3600 // 60:02d}:{int(left) % 60:02d}"
+    return f"[{'#' * filled}{'-' * (width - filled)}] {share * 100:3.0f}% {left_s} left"
 
 
 def load_dataset(cfg: TrainConfig, run_dir: str) -> torch.Tensor:
@@ -267,7 +279,8 @@ def main(argv: list[str] | None = None) -> int:
     signal.signal(signal.SIGTERM, lambda *_: stop_requested.append(True))
     signal.signal(signal.SIGINT, lambda *_: stop_requested.append(True))
     t_start = last_save = last_sample = last_log = time.time()
-    img_at_log = trainer.cur_img
+    img_at_log = img_at_start = trainer.cur_img
+    tty = sys.stdout.isatty()
     stop_img = args.kimg * 1000 if args.kimg else None
     while True:
         level, alpha, batch = trainer.schedule.at(trainer.cur_img)
@@ -283,10 +296,14 @@ def main(argv: list[str] | None = None) -> int:
             reals = torch.lerp(F.interpolate(F.avg_pool2d(reals, 2), scale_factor=2.0, mode="nearest"), reals, alpha)
         losses = trainer.train_step(reals, level, alpha)
         now = time.time()
-        if now - last_log >= 30:
+        if now - last_log >= (1 if tty else 30):
             rate = (trainer.cur_img - img_at_log) / (now - last_log)
-            print(f"it {trainer.step} | kimg {trainer.cur_img / 1000:.1f} | {2 ** (level + 1)}px alpha {alpha:.2f} "
-                  f"| D {losses['d']:.3f} G {losses['g']:.3f} R1 {losses['r1']:.3f} | {rate:.1f} img/s", flush=True)
+            done_share = max((now - t_start) / 60 / args.minutes,
+                             (trainer.cur_img - img_at_start) / (stop_img - img_at_start) if stop_img else 0.0)
+            line = (f"{progress_bar(done_share, now - t_start)} | it {trainer.step} | kimg {trainer.cur_img / 1000:.1f} "
+                    f"| {2 ** (level + 1)}px alpha {alpha:.2f} | D {losses['d']:.3f} G {losses['g']:.3f} "
+                    f"R1 {losses['r1']:.3f} | {rate:.1f} img/s")
+            print("\r" + line if tty else line, end="" if tty else "\n", flush=True)
             last_log, img_at_log = now, trainer.cur_img
         done = bool(stop_requested) or (now - t_start) / 60 >= args.minutes or (
             stop_img is not None and trainer.cur_img >= stop_img)
@@ -299,6 +316,8 @@ def main(argv: list[str] | None = None) -> int:
             last_save = now
         if done:
             break
+    if tty:
+        print()  # end the progress line
     print(f"saved {state_path} at {trainer.cur_img} images", flush=True)
     if args.export:
         export(trainer, args.export, level=args.export_level, gaussian_samples=args.fit_samples)
