@@ -14,7 +14,7 @@ from .stylegan import (MappingNetwork, SynthesisNetwork, mapping_layers_from_sta
                        synthesis_channels_from_state_dict)
 
 WEIGHTS_DIR = Path(__file__).resolve().parent.parent / "weights"
-DEFAULT_GENERATOR = "faces32"
+DEFAULT_GENERATOR = "faces64"
 
 
 class Generator:
@@ -163,7 +163,7 @@ def _build(parts: dict, where: str) -> tuple[SynthesisNetwork, MappingNetwork | 
 
 def load_generator(source: str | os.PathLike | None = None, *, gaussian_fit=None, mapping=None,
                    device=None, fit_samples: int = 1_000_000) -> Generator:
-    """Load a generator: bundled name (default ``faces32``), local path, ``file://`` or ``s3://``.
+    """Load a generator: bundled name (default ``faces64``), local path, ``file://`` or ``s3://``.
 
     ``gaussian_fit`` (path, URI or ``{"mean","std"}``) overrides the checkpoint's; ``mapping``
     (path or URI of a mapping state dict) adds a mapping network to a bare synthesis file. With a
