@@ -89,3 +89,30 @@ def test_resume_takes_the_learning_rate_from_the_config(tmp_path):
     resumed.load(str(tmp_path / "state.pt"))
     for opt in (resumed.opt_g, resumed.opt_d):
         assert [grp["lr"] for grp in opt.param_groups] == [0.0005] * len(opt.param_groups)
+
+
+def test_zero_minutes_prepares_the_data_and_stops_after_one_step(small_faces, tmp_path):
+    cfg = tmp_path / "tiny.json"
+    cfg.write_text(json.dumps(TINY))
+    run = tmp_path / "prep"
+    assert loop.main(["--data", str(small_faces), "--run-dir", str(run), "--minutes", "0", "--threads", "1",
+                      "--config", str(cfg)]) == 0
+    assert (run / "faces16.npz").exists()  # the cache training/pack_faces.py packs
+    assert torch.load(run / "state.pt", weights_only=True)["cur_img"] == 4  # one step of batch 4
+
+
+def test_packed_faces_round_trip(tmp_path):
+    import importlib.util
+
+    spec = importlib.util.spec_from_file_location("pack_faces", REPO / "training" / "pack_faces.py")
+    pack_faces = importlib.util.module_from_spec(spec)
+    spec.loader.exec_module(pack_faces)
+    yy, xx = np.mgrid[0:64, 0:64]
+    faces = np.stack([np.stack([(xx * 4 + k) % 256, (yy * 4) % 256, np.full_like(xx, 40 * k)], -1)
+                      for k in range(3)]).astype(np.uint8)
+    np.savez(tmp_path / "faces64.npz", images=faces)
+    assert pack_faces.main(["pack", str(tmp_path / "faces64.npz"), str(tmp_path / "packed.parquet")]) == 0
+    assert pack_faces.main(["unpack", str(tmp_path / "packed.parquet"), str(tmp_path / "back.npz")]) == 0
+    back = np.load(tmp_path / "back.npz")["images"]
+    assert back.shape == faces.shape and back.dtype == np.uint8
+    assert np.abs(back.astype(int) - faces).mean() < 3  # JPEG q95: about one level in 255 on faces

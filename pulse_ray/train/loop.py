@@ -317,8 +317,8 @@ def main(argv: list[str] | None = None) -> int:
         now = time.time()
         if now - last_log >= (1 if tty else 30):
             rate = (trainer.cur_img - img_at_log) / (now - last_log)
-            done_share = max((now - t_start) / 60 / args.minutes,
-                             (trainer.cur_img - img_at_start) / (stop_img - img_at_start) if stop_img else 0.0)
+            done_share = max((now - t_start) / 60 / args.minutes if args.minutes > 0 else 1.0,
+                             (trainer.cur_img - img_at_start) / max(1, stop_img - img_at_start) if stop_img else 0.0)
             line = (f"{progress_bar(done_share, now - t_start)} | it {trainer.step} | kimg {trainer.cur_img / 1000:.1f} "
                     f"| {2 ** (level + 1)}px alpha {alpha:.2f} | D {losses['d']:.3f} G {losses['g']:.3f} "
                     f"R1 {losses['r1']:.3f} | {rate:.1f} img/s")
