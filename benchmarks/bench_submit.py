@@ -34,6 +34,8 @@ def main(argv=None) -> int:
     ap.add_argument("--out", default="bench_submit.json")
     ap.add_argument("--threads", type=int, default=None,
                     help="torch threads for the in-process run (match one actor's share for a fair overhead figure)")
+    ap.add_argument("--worker-threads", type=int, default=None,
+                    help="torch threads per search actor (submit's --threads-per-worker; default: its share of cores)")
     args = ap.parse_args(argv)
 
     import numpy as np
@@ -61,6 +63,7 @@ def main(argv=None) -> int:
     results = {
         "images": args.images, "restarts": args.restarts, "steps": args.steps, "batch_size": args.batch_size,
         "generator": g.name, "resolution": g.resolution, "lr_size": lr_size, "num_cpus": args.num_cpus,
+        "threads_in_process": args.threads, "threads_per_worker": args.worker_threads,
         "machine": {"cpus": os.cpu_count(), "python": platform.python_version(), "torch": torch.__version__,
                     "ray": ray.__version__, "torch_threads": torch.get_num_threads()},
         "runs": {},
@@ -89,7 +92,7 @@ def main(argv=None) -> int:
             t0 = time.perf_counter()
             s = submit(manifest, out, SubmitOptions(generator=args.generator, restarts=args.restarts,
                                                     steps=args.steps, workers=w, batch_size=args.batch_size,
-                                                    progress=False))
+                                                    progress=False, threads_per_worker=args.worker_threads))
             dt = time.perf_counter() - t0
             results["runs"][f"submit_w{w}"] = {
                 "seconds": dt, "images_per_minute": args.images / dt * 60,

@@ -82,6 +82,8 @@ def submit(
         help="With --address and GPUs: how long to wait for the Ray autoscaler to add them before failing (exit 1).",
     )] = 600.0,
     num_cpus: Annotated[Optional[int], typer.Option(help="Embedded Ray only: CPUs to use (default: all).")] = None,
+    threads_per_worker: Annotated[Optional[int], typer.Option(
+        help="Torch CPU threads per search actor (default: the actor's share of the cores).")] = None,
     json_summary: Annotated[bool, typer.Option("--json", help="Print the summary as JSON on stdout.")] = False,
     quiet: Annotated[bool, typer.Option("--quiet", "-q", help="No progress lines.")] = False,
 ):
@@ -94,6 +96,7 @@ def submit(
         gpus_per_worker=gpus_per_worker, batch_size=batch_size, address=address, overwrite=overwrite,
         dry_run=dry_run, keep_restarts=keep_restarts, s3_endpoint_url=s3_endpoint_url,
         wait_for_resources=wait_for_resources, num_cpus=num_cpus, progress=not quiet,
+        threads_per_worker=threads_per_worker,
     )
     try:
         summary = run_submit(manifest, output, opts)

@@ -21,7 +21,9 @@ an interrupted compaction); the rule every reader applies — and that
 ``finished_at`` wins.** After a completed ``submit`` the folder holds exactly one
 row per id. A completed ``--overwrite`` run compacts with the latest row first for the
 ids it redid (``redone``): its result is the one kept, also where an id that
-was ``ok`` now failed (its stale SR image is then removed).
+was ``ok`` now failed (its stale SR image is then removed). Restart rows belong to the
+row that is kept: those of any other run of the id are dropped at compaction (see
+:func:`read_restarts`; ``submit`` removes their images).
 """
 
 from __future__ import annotations
@@ -170,25 +172,38 @@ def read_metadata(out: str, *, dedup_rows: bool = True, columns: list[str] | Non
 
 
 def read_restarts(out: str) -> pa.Table:
-    """Per-restart rows (``--keep-restarts``), one per (id, restart), latest wins."""
+    """Per-restart rows (``--keep-restarts``) of the results ``OUT/metadata/`` keeps: one
+    per (id, restart), only for ids whose kept row is ``ok`` and from the same batch
+    (same ``finished_at``). Rows of an earlier run of a redone id (``--overwrite``),
+    or of an id whose SR write failed, describe no kept result and are left out."""
     t = _read_all(metadata_files(out, RESTARTS_DIR))
     if t is None:
         return pa.schema(RESTART_FIELDS).empty_table()
-    # latest finished_at per (id, restart)
-    n = t.num_rows
-    work = pa.table(
-        {
-            "id": t.column("id"),
-            "restart": t.column("restart"),
-            "_fin": pc.fill_null(t.column("finished_at").cast(pa.int64()), -1),
-            "_pos": pa.array(range(n), pa.int64()),
-        }
-    ).sort_by([("id", "ascending"), ("restart", "ascending"), ("_fin", "descending"), ("_pos", "descending")])
-    ids = work.column("id").to_pylist()
-    rs = work.column("restart").to_pylist()
-    pos = work.column("_pos").to_pylist()
-    keep = sorted(pos[i] for i in range(n) if i == 0 or (ids[i], rs[i]) != (ids[i - 1], rs[i - 1]))
-    return t.take(pa.array(keep, pa.int64()))
+    return t.filter(pa.array(_current_restart_mask(out, t), pa.bool_()))
+
+
+def _current_restart_mask(out: str, restarts: pa.Table) -> list[bool]:
+    kept = read_metadata(out, columns=["id", "status", "finished_at"])
+    batch_of = {
+        i: f
+        for i, s, f in zip(
+            kept.column("id").to_pylist(),
+            kept.column("status").to_pylist(),
+            kept.column("finished_at").cast(pa.int64()).to_pylist(),
+        )
+        if s == "ok"
+    }
+    ids = restarts.column("id").to_pylist()
+    rs = restarts.column("restart").to_pylist()
+    fin = restarts.column("finished_at").cast(pa.int64()).to_pylist()
+    seen: set = set()
+    mask = []
+    for i, r, f in zip(ids, rs, fin):  # one row per (id, restart): a rewritten part may repeat one
+        keep = f is not None and batch_of.get(i) == f and (i, r) not in seen
+        if keep:
+            seen.add((i, r))
+        mask.append(keep)
+    return mask
 
 
 def done_ids(out: str) -> set[str]:
@@ -217,7 +232,7 @@ def compact(out: str, sub: str = METADATA_DIR, redone=None) -> int:
     if sub == METADATA_DIR:
         d = dedup(t, redone)
     else:
-        d = read_restarts(out)
+        d = t.filter(pa.array(_current_restart_mask(out, t), pa.bool_()))
     if len(files) == 1 and d.num_rows == t.num_rows:
         return d.num_rows
     if "id" in d.column_names and d.num_rows:

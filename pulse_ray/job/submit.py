@@ -16,6 +16,12 @@ rewrites the same deterministic part file, so nothing is lost or duplicated.
 Resume: ids with an ``ok`` row in ``OUT/metadata/`` are skipped (``--overwrite``
 redoes them); at the end the metadata is compacted to one row per id (see
 :mod:`pulse_ray.job.metadata` for the dedup rule).
+
+Why not Ray Data's own job checkpointing (``DataContext.checkpoint_config``, 2.60,
+beta): it only engages when the plan ends in a ``Write`` datasink, it records every
+row that reached the sink — so a ``failed`` row would never be retried — and it
+keeps a separate ledger that is deleted on success. The metadata rows are already
+a durable per-id ledger in the output itself, so resume reads them instead.
 """
 
 from __future__ import annotations
@@ -84,6 +90,7 @@ class SubmitOptions:
     max_pixels: int = images.DEFAULT_MAX_PIXELS
     max_bytes: int = images.DEFAULT_MAX_BYTES
     num_cpus: int | None = None  # embedded Ray only; default: all cores
+    threads_per_worker: int | None = None  # torch CPU threads per search actor; default: its share of cores
     object_store_memory: int | None = None  # embedded Ray only
     progress: bool = True
     compact: bool = True
@@ -124,6 +131,8 @@ def _check_options(o: SubmitOptions) -> None:
         raise UsageError(f"--eps must be a positive number (got {o.eps})")
     if o.workers is not None and o.workers < 1:
         raise UsageError(f"--workers must be >= 1 (got {o.workers})")
+    if o.threads_per_worker is not None and o.threads_per_worker < 1:
+        raise UsageError(f"--threads-per-worker must be >= 1 (got {o.threads_per_worker})")
     if o.batch_size is not None and o.batch_size < 1:
         raise UsageError(f"--batch-size must be >= 1 (got {o.batch_size})")
     if o.gpus_per_worker < 0:
@@ -191,7 +200,7 @@ def plan_resources(total_cpus: float, total_gpus: float, options: SubmitOptions,
     cpus = round(max(0.05, (total_cpus - reserve) / workers), 3)
     if g > 0:
         cpus = min(1.0, cpus)
-    threads = max(1, int(total_cpus // workers))
+    threads = options.threads_per_worker or max(1, int(total_cpus // workers))
     return workers, g, cpus, threads, batch
 
 
@@ -540,15 +549,19 @@ def submit(
         t_pipe = time.perf_counter()
         processed = 0
         failed_now: list[str] = []
-        for b in ds.iter_batches(batch_format="pyarrow", batch_size=None):
-            st = b.column("status").to_pylist()
-            ok = sum(1 for s in st if s == "ok")
-            progress.update(ok, len(st) - ok)
-            processed += len(st)
-            if ok < len(st):
-                failed_now += [i for i, s in zip(b.column("id").to_pylist(), st) if s != "ok"]
-            if _interrupt_after is not None and processed >= _interrupt_after:
-                raise KeyboardInterrupt(f"test interrupt after {processed} rows")
+        batches = iter(ds.iter_batches(batch_format="pyarrow", batch_size=None))
+        try:
+            for b in batches:
+                st = b.column("status").to_pylist()
+                ok = sum(1 for s in st if s == "ok")
+                progress.update(ok, len(st) - ok)
+                processed += len(st)
+                if ok < len(st):
+                    failed_now += [i for i, s in zip(b.column("id").to_pylist(), st) if s != "ok"]
+                if _interrupt_after is not None and processed >= _interrupt_after:
+                    raise KeyboardInterrupt(f"test interrupt after {processed} rows")
+        finally:  # an interrupt stops the pipeline now, not when the iterator is garbage-collected
+            batches.close()
         pipe_seconds = time.perf_counter() - t_pipe
     finally:
         if requested:
@@ -557,8 +570,9 @@ def submit(
             ray.shutdown()
     if options.compact:
         md.compact(output, redone=frozenset(todo) if options.overwrite else None)
-        if options.keep_restarts:
+        if reserve_restart_names:  # restart rows and images of results no longer kept go
             md.compact(output, md.RESTARTS_DIR)
+            _remove_stale_restart_images(output, todo)
     if options.overwrite and options.compact:
         _remove_stale_images(output, [i for i in failed_now if i in ok_in_out])
     summary.processed = processed
@@ -576,6 +590,28 @@ def _remove_stale_images(output: str, ids: list[str]) -> None:
             storage.delete(sr_uri_for(output, images.safe_relpath(rid)))
         except Exception as exc:  # best effort: the metadata is right either way
             log.warning("could not remove the stale SR image of %r: %s", rid, exc)
+
+
+def _remove_stale_restart_images(output: str, ids: list[str]) -> None:
+    """Restart images of the ids this run processed that no kept restart row points at
+    (an earlier run's extra restarts, or an id that now failed or ran without
+    ``--keep-restarts``). Best effort: the metadata is right either way."""
+    rels = set()
+    for rid in ids:
+        try:
+            rels.add(images.safe_relpath(rid))
+        except Exception:  # an unsafe id wrote nothing
+            continue
+    kept = set(md.read_restarts(output).column("sr_uri").to_pylist())
+    root = storage.join(output, md.SR_DIR)
+    for uri in storage.list_uris(root, suffix=".png"):
+        rel = uri[len(root):].strip("/")[: -len(".png")]
+        if uri in kept or not is_restart_name(rel) or rel.rsplit("/", 1)[0] not in rels:
+            continue
+        try:
+            storage.delete(uri)
+        except Exception as exc:
+            log.warning("could not remove the stale restart image %s: %s", uri, exc)
 
 
 def _fill_from_metadata(summary: SubmitSummary, output: str, manifest_ids: set[str]) -> None:
