@@ -179,10 +179,11 @@ def read_restarts(out: str) -> pa.Table:
     t = _read_all(metadata_files(out, RESTARTS_DIR))
     if t is None:
         return pa.schema(RESTART_FIELDS).empty_table()
-    return t.filter(pa.array(_current_restart_mask(out, t), pa.bool_()))
+    return _current_restarts(out, t)
 
 
-def _current_restart_mask(out: str, restarts: pa.Table) -> list[bool]:
+def _current_restarts(out: str, restarts: pa.Table) -> pa.Table:
+    """The rows of ``restarts`` that belong to the kept metadata row of their id."""
     kept = read_metadata(out, columns=["id", "status", "finished_at"])
     batch_of = {
         i: f
@@ -203,7 +204,7 @@ def _current_restart_mask(out: str, restarts: pa.Table) -> list[bool]:
         if keep:
             seen.add((i, r))
         mask.append(keep)
-    return mask
+    return restarts.filter(pa.array(mask, pa.bool_()))
 
 
 def done_ids(out: str) -> set[str]:
@@ -232,7 +233,7 @@ def compact(out: str, sub: str = METADATA_DIR, redone=None) -> int:
     if sub == METADATA_DIR:
         d = dedup(t, redone)
     else:
-        d = t.filter(pa.array(_current_restart_mask(out, t), pa.bool_()))
+        d = _current_restarts(out, t)
     if len(files) == 1 and d.num_rows == t.num_rows:
         return d.num_rows
     if "id" in d.column_names and d.num_rows:

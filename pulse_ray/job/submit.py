@@ -587,9 +587,18 @@ def _remove_stale_images(output: str, ids: list[str]) -> None:
     (their metadata row, compacted already, says failed and points at nothing)."""
     for rid in ids:
         try:
-            storage.delete(sr_uri_for(output, images.safe_relpath(rid)))
-        except Exception as exc:  # best effort: the metadata is right either way
-            log.warning("could not remove the stale SR image of %r: %s", rid, exc)
+            uri = sr_uri_for(output, images.safe_relpath(rid))
+        except Exception:  # an unsafe id wrote nothing
+            continue
+        _delete_stale(uri)
+
+
+def _delete_stale(uri: str) -> None:
+    """Best effort: the metadata is right whether the file goes or not."""
+    try:
+        storage.delete(uri)
+    except Exception as exc:
+        log.warning("could not remove the stale image %s: %s", uri, exc)
 
 
 def _remove_stale_restart_images(output: str, ids: list[str]) -> None:
@@ -606,12 +615,8 @@ def _remove_stale_restart_images(output: str, ids: list[str]) -> None:
     root = storage.join(output, md.SR_DIR)
     for uri in storage.list_uris(root, suffix=".png"):
         rel = uri[len(root):].strip("/")[: -len(".png")]
-        if uri in kept or not is_restart_name(rel) or rel.rsplit("/", 1)[0] not in rels:
-            continue
-        try:
-            storage.delete(uri)
-        except Exception as exc:
-            log.warning("could not remove the stale restart image %s: %s", uri, exc)
+        if uri not in kept and is_restart_name(rel) and rel.rsplit("/", 1)[0] in rels:
+            _delete_stale(uri)
 
 
 def _fill_from_metadata(summary: SubmitSummary, output: str, manifest_ids: set[str]) -> None:
