@@ -11,7 +11,8 @@ images and per-(image, restart) seeds:
 - ``reference-loop``: the reference algorithm as its code runs it (``benchmarks/reference_loop.py``:
   batch 1, restarts one after another, all steps, fp32, torch.optim + SphericalOptimizer);
 - ``pulse_ray``: ``pulse_ray.upsample`` as shipped (defaults);
-- optional (``--modes``): ``pulse_ray-skip`` (``skip_converged_restarts=True``), ``pulse_ray-nostop``
+- optional (``--modes``): ``pulse_ray-closest`` (``keep="closest"``: the lowest-error iterate, which
+  early stop ends soon after convergence), ``pulse_ray-skip`` (``skip_converged_restarts=True``), ``pulse_ray-nostop``
   (``early_stop=False``: batching alone), ``pulse_ray-b1`` (``batch_size=1``: early stop alone),
   ``pulse_ray-compile`` (``compile=True``; compiling happens in the untimed warm-up, recompiles for new
   batch shapes during the run are timed).
@@ -50,7 +51,7 @@ for p in (REPO, HERE):
         sys.path.insert(0, p)
 
 DEFAULT_SOURCE = os.path.join(os.path.dirname(REPO), "shared", "data", "faces.parquet")
-MODES = ("reference-loop", "pulse_ray", "pulse_ray-skip", "pulse_ray-nostop", "pulse_ray-b1", "pulse_ray-compile")
+MODES = ("reference-loop", "pulse_ray", "pulse_ray-closest", "pulse_ray-skip", "pulse_ray-nostop", "pulse_ray-b1", "pulse_ray-compile")
 HELD_OUT_SHARE = 0.03  # the training recipe's (pulse_ray.train.loop.TrainConfig.held_out_share)
 
 
@@ -146,7 +147,7 @@ def run_mode(mode: str, g, lr, ids, cfg: dict) -> dict:
                 / (len(out) * restarts),
             },
         }
-    kwargs = {"pulse_ray": {}, "pulse_ray-skip": {"skip_converged_restarts": True},
+    kwargs = {"pulse_ray": {}, "pulse_ray-closest": {"keep": "closest"}, "pulse_ray-skip": {"skip_converged_restarts": True},
               "pulse_ray-nostop": {"early_stop": False}, "pulse_ray-b1": {"batch_size": 1},
               "pulse_ray-compile": {"compile": True}}[mode]
     if cfg.get("batch_size") and "batch_size" not in kwargs:

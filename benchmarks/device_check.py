@@ -200,6 +200,8 @@ def main(argv=None) -> int:
     ap.add_argument("--tolerance-check", action="store_true",
                     help="compare TF32 / bf16 results with fp32 (default on CUDA)")
     ap.add_argument("--json", default="device_check.json")
+    ap.add_argument("--fixture", default=FIXTURE,
+                    help="file with ffhq1024_synthesis_shapes and ffhq_gaussian_fit (default: ../shared's fixture)")
     args = ap.parse_args(argv)
 
     import torch
@@ -211,7 +213,7 @@ def main(argv=None) -> int:
     precisions = (args.precisions or ("fp32,tf32,bf16" if cuda else "fp32")).split(",")
     steps = args.steps or (2 if args.tiny else 5)
     t_start = time.perf_counter()
-    g = build_generator(args.tiny, dev)
+    g = build_generator(args.tiny, dev, args.fixture)
     lr_size = g.resolution // args.factor
     gen = torch.Generator().manual_seed(0)
     lr = torch.rand(max(batches), 3, lr_size, lr_size, generator=gen)

@@ -27,6 +27,7 @@ except ImportError:  # run from a source checkout without installing the package
     import pulse_ray
 
 from pulse_ray.eval import face_rate
+from pulse_ray.search.pulse import KEEP_RULES
 from pulse_ray.train.data import held_out_faces
 from pulse_ray.train.loop import save_grid
 
@@ -41,21 +42,26 @@ def main(argv=None) -> int:
     p.add_argument("--generator", default=None)
     p.add_argument("--data", default=str(Path(__file__).resolve().parents[2] / "shared" / "data" / "faces.parquet"))
     p.add_argument("--faces", type=int, default=32)
+    p.add_argument("--skip", type=int, default=0,
+                   help="skip the first N held-out faces (--skip 32: a validation set apart from the model card's 32)")
     p.add_argument("--samples", type=int, default=256)
     p.add_argument("--restarts", type=int, default=4)
     p.add_argument("--steps", type=int, default=100)
     p.add_argument("--eps", type=float, default=2e-3)
+    p.add_argument("--keep", default="realistic", choices=KEEP_RULES,
+                   help="which iterate and restart a search keeps (pulse_ray.upsample's keep)")
     p.add_argument("--json", default=None)
     p.add_argument("--grid", default=None)
     args = p.parse_args(argv)
 
     g = pulse_ray.load_generator(args.generator)
     r = g.resolution
-    out = {"generator": g.name, "resolution": r, "samples": args.samples}
+    out = {"generator": g.name, "resolution": r, "samples": args.samples, "held_out_skipped": args.skip,
+           "restarts": args.restarts, "steps": args.steps, "eps": args.eps, "keep": args.keep}
     out["sample_face_rate"] = face_rate(g.sample(args.samples, seed=0))
     print(f"{g.name}: face rate of {args.samples} samples = {out['sample_face_rate']:.3f}", flush=True)
 
-    ids, faces = held_out_faces(args.data, r, args.faces)
+    ids, faces = held_out_faces(args.data, r, args.faces, skip=args.skip)
     hr = torch.from_numpy(faces).permute(0, 3, 1, 2).float() / 255
     out["original_face_rate"] = face_rate(hr)
     factors = sorted({8, r // 4})
@@ -63,7 +69,8 @@ def main(argv=None) -> int:
     for f in factors:
         lr = pulse_ray.downscale(hr, f).clamp(0, 1)
         t0 = time.time()
-        res = pulse_ray.upsample(lr, g, restarts=args.restarts, steps=args.steps, eps=args.eps, seed=0, ids=ids)
+        res = pulse_ray.upsample(lr, g, restarts=args.restarts, steps=args.steps, eps=args.eps, seed=0, ids=ids,
+                                 keep=args.keep)
         sr = torch.stack([x.image for x in res])
         bicubic = upscale(lr, r, "bicubic")
         row = {"factor": f, "lr_size": r // f, "faces": len(ids),

@@ -20,6 +20,8 @@ app = typer.Typer(
     add_completion=False,
     pretty_exceptions_enable=False,
 )
+KEEP_HELP = ("Which result a search keeps: 'realistic' (PULSE's rule: of the images that downscale to within "
+             "eps, the most realistic by the search's loss) or 'closest' (the lowest downscale error).")
 
 
 def _err(msg: str) -> None:
@@ -76,6 +78,7 @@ def submit(
     overwrite: Annotated[bool, typer.Option(help="Redo ids that already have an ok row.")] = False,
     dry_run: Annotated[bool, typer.Option(help="Validate the manifest and plan; run and write nothing.")] = False,
     keep_restarts: Annotated[bool, typer.Option(help="Also write every restart (OUT/sr/<id>/r<k>.png, OUT/restarts/).")] = False,
+    keep: Annotated[str, typer.Option(help=KEEP_HELP)] = "realistic",
     s3_endpoint_url: Annotated[Optional[str], typer.Option(help="S3-compatible endpoint (default: $AWS_ENDPOINT_URL).")] = None,
     wait_for_resources: Annotated[float, typer.Option(
         metavar="SECONDS",
@@ -94,7 +97,7 @@ def submit(
     opts = SubmitOptions(
         generator=generator, restarts=restarts, steps=steps, eps=eps, seed=seed, workers=workers,
         gpus_per_worker=gpus_per_worker, batch_size=batch_size, address=address, overwrite=overwrite,
-        dry_run=dry_run, keep_restarts=keep_restarts, s3_endpoint_url=s3_endpoint_url,
+        dry_run=dry_run, keep_restarts=keep_restarts, keep=keep, s3_endpoint_url=s3_endpoint_url,
         wait_for_resources=wait_for_resources, num_cpus=num_cpus, progress=not quiet,
         threads_per_worker=threads_per_worker,
     )
@@ -188,15 +191,19 @@ def upsample(
     eps: Annotated[float, typer.Option(help="Downscale-MSE threshold for 'converged'.")] = 2e-3,
     seed: Annotated[int, typer.Option(help="Base seed.")] = 0,
     batch_size: Annotated[int, typer.Option(help="Images per search batch.")] = 4,
+    keep: Annotated[str, typer.Option(help=KEEP_HELP)] = "realistic",
 ):
     """Super-resolve images in this process (no Ray); prints each image's downscale MSE."""
     from pulse_ray.job.local import upsample_files
+    from pulse_ray.search.pulse import KEEP_RULES
 
     for name, v, lo in (("--restarts", restarts, 1), ("--steps", steps, 1), ("--batch-size", batch_size, 1)):
         if v < lo:
             _fail_usage(f"{name} must be >= {lo} (got {v})")
     if not eps > 0:
         _fail_usage(f"--eps must be > 0 (got {eps})")
+    if keep not in KEEP_RULES:
+        _fail_usage(f"--keep must be one of {', '.join(KEEP_RULES)} (got {keep!r})")
 
     def show(row):
         if row["status"] == "ok":
@@ -206,7 +213,7 @@ def upsample(
 
     try:
         res = upsample_files(inputs, output, generator=generator, restarts=restarts, steps=steps, eps=eps,
-                             seed=seed, batch_size=batch_size, on_row=show)
+                             seed=seed, batch_size=batch_size, keep=keep, on_row=show)
     except (ValueError, FileNotFoundError) as exc:
         _fail_usage(str(exc))
     except KeyboardInterrupt:

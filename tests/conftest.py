@@ -206,9 +206,12 @@ class FakeResult:
     output_mse: float = 1e-3
 
 
-def fake_upsample(lrs, generator, restarts, steps, eps, seed, ids=None, keep_restarts=False):
+def fake_upsample(lrs, generator, restarts, steps, eps, seed, ids=None, keep_restarts=False, keep="realistic"):
     """Nearest-neighbour 'search': deterministic, instant."""
     import torch
+
+    if keep not in ("realistic", "closest"):
+        raise ValueError(f"unknown keep rule {keep!r}")
 
     out = []
     for lr in lrs:

@@ -88,8 +88,10 @@ def test_make_manifest_downscale_dry_run_and_upsample(tmp_path, generator):
     assert "dry run" in r.output and "to do      3 rows" in r.output
     assert not (tmp_path / "out").exists()
 
+    r = _invoke(["upsample", tmp_path / "lr" / "a.png", "--output", tmp_path / "up", "--keep", "prettiest", *GEN])
+    assert r.exit_code == 2 and "--keep must be one of realistic, closest" in r.output
     r = _invoke(["upsample", tmp_path / "lr" / "a.png", tmp_path / "lr" / "sub", tmp_path / "missing.png",
-                 "--output", tmp_path / "up", "--restarts", 1, "--steps", 2, *GEN])
+                 "--output", tmp_path / "up", "--restarts", 1, "--steps", 2, "--keep", "closest", *GEN])
     assert r.exit_code == 0, r.output
     assert "a: downscale_mse=" in r.output and "converged=" in r.output
     assert "missing: FAILED" in r.output

@@ -23,6 +23,21 @@ def _run(table, out, keep_restarts=False, skip=frozenset()):
     return write_batch(t, out=out, keep_restarts=keep_restarts)
 
 
+def test_search_stage_hands_the_keep_rule_to_the_search():
+    seen = []
+
+    def recording(*args, **kwargs):
+        seen.append(kwargs["keep"])
+        return fake_upsample(*args, **kwargs)
+
+    table = pa.table({"id": ["a"], "image": [png_bytes(8, 8)]})
+    for keep in ("closest", "realistic"):
+        t = prepare_batch(table, resolution=32, bases=[])
+        out = SearchStage(upsample_fn=recording, generator_obj=FakeGen(), restarts=1, steps=1, keep=keep)(t)
+        assert out.column("status").to_pylist() == ["ok"]
+    assert seen == ["closest", "realistic"]
+
+
 def test_bad_rows_become_failed_rows_and_good_ones_complete(tmp_path):
     (tmp_path / "ok.png").write_bytes(png_bytes(8, 8, 1))
     (tmp_path / "trunc.png").write_bytes(png_bytes(16, 16, 2)[:60])

@@ -188,6 +188,8 @@ def test_unusable_manifest_or_options_write_nothing(tmp_path):
         submit(manifest, str(out), SubmitOptions(generator=str(tmp_path / "no-such-generator.pt"), progress=False))
     with pytest.raises(UsageError, match="--threads-per-worker"):
         submit(manifest, str(out), SubmitOptions(threads_per_worker=0, progress=False))
+    with pytest.raises(UsageError, match="--keep must be one of realistic, closest"):
+        submit(manifest, str(out), SubmitOptions(keep="prettiest", progress=False))
     assert not out.exists()
 
 

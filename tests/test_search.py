@@ -47,11 +47,30 @@ def test_results_do_not_depend_on_the_batch(reference):
 def test_restarts_differ_and_the_best_is_returned(reference):
     g = small_generator(reference)
     lr = planted(g, 1, factor=8)
-    res = pulse_ray.upsample(lr, g, restarts=3, steps=4, keep_restarts=True, early_stop=False)[0]
+    res = pulse_ray.upsample(lr, g, restarts=3, steps=4, keep_restarts=True, early_stop=False, keep="closest")[0]
     assert [r.restart for r in res.restarts] == [0, 1, 2]
     assert len({r.seed for r in res.restarts}) == 3
     assert res.downscale_mse == min(r.downscale_mse for r in res.restarts)
     assert not torch.equal(res.restarts[0].image, res.restarts[1].image)
+
+
+def test_keep_realistic_takes_the_lowest_loss_within_eps_and_closest_the_lowest_error(reference):
+    g = small_generator(reference)
+    lr = planted(g, 3, factor=32)  # 4x4: converges within a few steps, then GEOCROSS alone moves it
+    kw = dict(restarts=3, steps=30, eps=5e-3, early_stop=False, keep_restarts=True)
+    realistic = pulse_ray.upsample(lr, g, keep="realistic", **kw)
+    closest = pulse_ray.upsample(lr, g, keep="closest", **kw)
+    for r, c in zip(realistic, closest):
+        assert r.converged and c.converged and r.downscale_mse <= 5e-3
+        # the same searches (same seeds, same steps): only the choice of iterate and restart differs
+        assert [x.seed for x in r.restarts] == [x.seed for x in c.restarts]
+        assert r.loss <= c.loss and c.downscale_mse <= r.downscale_mse
+        assert r.restart == min((x for x in r.restarts if x.converged), key=lambda x: x.loss).restart
+        assert c.restart == min(c.restarts, key=lambda x: x.downscale_mse).restart
+    # the realism term went on falling after the closest iterate: the rules pick different images
+    assert any(r.loss < c.loss for r, c in zip(realistic, closest))
+    with pytest.raises(ValueError, match="unknown keep rule"):
+        pulse_ray.upsample(lr, g, steps=1, keep="prettiest")
 
 
 def test_best_iterate_not_last_and_unconverged_still_returned(reference):
@@ -73,11 +92,11 @@ def test_per_sample_eps_and_early_stop(reference):
     g = small_generator(reference)
     easy = planted(g, 1, factor=32)[0]  # 4x4: reaches ~2e-3 in 30 steps
     hard = torch.rand(3, 16, 16)  # 16x16 noise: stays far above 5e-3
-    res = pulse_ray.upsample([easy, hard], g, restarts=1, steps=30, eps=5e-3, patience=2)
+    res = pulse_ray.upsample([easy, hard], g, restarts=1, steps=30, eps=5e-3, patience=2, keep="closest")
     assert res[0].converged and res[0].steps < 30
     assert not res[1].converged and res[1].steps == 30
     # the easy image's result is the same when it runs alone
-    alone = pulse_ray.upsample([easy], g, restarts=1, steps=30, eps=5e-3, patience=2)[0]
+    alone = pulse_ray.upsample([easy], g, restarts=1, steps=30, eps=5e-3, patience=2, keep="closest")[0]
     assert alone.steps == res[0].steps
     assert alone.downscale_mse == pytest.approx(res[0].downscale_mse, rel=1e-5)
 

@@ -3,11 +3,13 @@
 #
 #   OUT=... MINUTES=7 training/gpu_train.sh [more `pulse-ray train` options]
 #
-# Needs the packed faces (training/pack_faces.py pack RUN/faces64.npz .device/faces64.parquet, ~31 MB),
-# since ../shared does not travel. Trains from scratch with training/gpu_schedule.json (CONFIG= to change),
-# or continues a state file when RESUME_FROM=path/state.pt. Writes to $OUT: generator.pt (the EMA
-# generator at the highest fully grown resolution), samples.png, gpu_train.log and the full training
-# state split into 15 MiB parts (join: cat state.pt.part-* > state.pt).
+# Needs the packed faces (training/pack_for_device.py pack-faces RUN/faces64.npz .device/faces64.parquet,
+# ~23 MB), since ../shared does not travel. Trains from scratch with training/gpu_schedule.json (CONFIG= to
+# change), or continues a state when RESUME_FROM=path (a state.pt, or a packed one: *.packed.pt). Writes to
+# $OUT: generator.pt (the EMA generator at the highest fully grown resolution), samples.png, gpu_train.log
+# and the training state, packed (pack_for_device.py) and split into 15 MiB parts:
+#   cat state.packed.pt.part-* > state.packed.pt && python training/pack_for_device.py unpack-state state.packed.pt state.pt
+# The state is packed and sent back even when training or the export fails part way.
 set -euo pipefail
 REPO="$(cd "$(dirname "${BASH_SOURCE[0]}")/.." && pwd)"
 cd "$REPO"
@@ -25,11 +27,24 @@ LOG="$OUT/gpu_train.log"
   command -v nvidia-smi >/dev/null && nvidia-smi --query-gpu=name,memory.total --format=csv,noheader || true
   "$PY" -c 'import torch; print("torch", torch.__version__, "cuda", torch.cuda.is_available())'
 } 2>&1 | tee "$LOG"
-[ -f "$RUN/faces64.npz" ] || "$PY" training/pack_faces.py unpack "$PACKED" "$RUN/faces64.npz" 2>&1 | tee -a "$LOG"
+[ -f "$RUN/faces64.npz" ] || "$PY" training/pack_for_device.py unpack-faces "$PACKED" "$RUN/faces64.npz" 2>&1 | tee -a "$LOG"
 RESUME=()
-if [ -n "${RESUME_FROM:-}" ]; then cp "$RESUME_FROM" "$RUN/state.pt"; RESUME=(--resume); fi
+if [ -n "${RESUME_FROM:-}" ]; then
+  case "$RESUME_FROM" in
+    *.packed.pt) "$PY" training/pack_for_device.py unpack-state "$RESUME_FROM" "$RUN/state.pt" 2>&1 | tee -a "$LOG" ;;
+    *) cp "$RESUME_FROM" "$RUN/state.pt" ;;
+  esac
+  RESUME=(--resume)
+fi
+set +e
 "$PY" -m pulse_ray.train.loop --run-dir "$RUN" --config "$CONFIG" --minutes "$MINUTES" \
   --save-every 2 --sample-every 1 --export "$OUT/generator.pt" "${RESUME[@]}" "$@" 2>&1 | tee -a "$LOG"
-cp "$RUN/samples.png" "$OUT/samples.png"
-split -b 15m "$RUN/state.pt" "$OUT/state.pt.part-"
+rc=${PIPESTATUS[0]}
+set -e
+[ -f "$RUN/samples.png" ] && cp "$RUN/samples.png" "$OUT/samples.png"
+if [ -f "$RUN/state.pt" ]; then
+  "$PY" training/pack_for_device.py pack-state "$RUN/state.pt" "$RUN/state.packed.pt" 2>&1 | tee -a "$LOG"
+  split -b 15m "$RUN/state.packed.pt" "$OUT/state.packed.pt.part-"
+fi
 ls -l "$OUT" | tee -a "$LOG"
+exit "$rc"

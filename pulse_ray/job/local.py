@@ -65,6 +65,7 @@ def upsample_files(
     eps: float = 2e-3,
     seed: int = 0,
     batch_size: int = 4,
+    keep: str = "realistic",
     on_row=None,
     _generator=None,
     _upsample_fn=None,
@@ -74,7 +75,7 @@ def upsample_files(
     t0 = time.perf_counter()
     g = _generator if _generator is not None else pulse_ray.load_generator(generator)
     stage = SearchStage(
-        generator=generator, restarts=restarts, steps=steps, eps=eps, seed=seed,
+        generator=generator, restarts=restarts, steps=steps, eps=eps, seed=seed, keep=keep,
         upsample_fn=_upsample_fn or pulse_ray.upsample, generator_obj=g,
     )
     items = collect_inputs(inputs)

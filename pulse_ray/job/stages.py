@@ -200,6 +200,7 @@ class SearchStage:
         eps: float = 2e-3,
         seed: int = 0,
         keep_restarts: bool = False,
+        keep: str = "realistic",
         num_threads: int | None = None,
         use_gpu: bool = False,
         s3_endpoint_url: str | None = None,
@@ -225,6 +226,7 @@ class SearchStage:
         self.upsample = upsample_fn
         self.restarts, self.steps, self.eps, self.seed = int(restarts), int(steps), float(eps), int(seed)
         self.keep_restarts = bool(keep_restarts)
+        self.keep = keep
         self.fault_kill_once = fault_kill_once
         self.worker = f"{socket.gethostname()}:{os.getpid()}"
 
@@ -250,6 +252,7 @@ class SearchStage:
             seed=self.seed,
             ids=ids,
             keep_restarts=self.keep_restarts,
+            keep=self.keep,
         )
 
     def __call__(self, table: pa.Table) -> pa.Table:

@@ -36,6 +36,7 @@ from dataclasses import asdict, dataclass, field
 
 from pulse_ray.io import images, storage
 from pulse_ray.io.manifest import ManifestError, inspect_manifest
+from pulse_ray.search.pulse import KEEP_RULES
 
 from . import metadata as md
 from .stages import SearchStage, is_restart_name, prepare_batch, sr_uri_for, write_batch
@@ -84,6 +85,7 @@ class SubmitOptions:
     overwrite: bool = False
     dry_run: bool = False
     keep_restarts: bool = False
+    keep: str = "realistic"  # which iterate and restart a search keeps: "realistic" or "closest"
     s3_endpoint_url: str | None = None
     wait_for_resources: float = DEFAULT_WAIT_FOR_RESOURCES  # --address only: seconds to wait for GPUs
     # beyond the contract (all optional)
@@ -129,6 +131,8 @@ def _check_options(o: SubmitOptions) -> None:
         raise UsageError(f"--steps must be >= 1 (got {o.steps})")
     if not (o.eps > 0 and math.isfinite(o.eps)):
         raise UsageError(f"--eps must be a positive number (got {o.eps})")
+    if o.keep not in KEEP_RULES:
+        raise UsageError(f"--keep must be one of {', '.join(KEEP_RULES)} (got {o.keep!r})")
     if o.workers is not None and o.workers < 1:
         raise UsageError(f"--workers must be >= 1 (got {o.workers})")
     if o.threads_per_worker is not None and o.threads_per_worker < 1:
@@ -525,6 +529,7 @@ def submit(
                 eps=options.eps,
                 seed=options.seed,
                 keep_restarts=options.keep_restarts,
+                keep=options.keep,
                 num_threads=threads,
                 use_gpu=g > 0,
                 s3_endpoint_url=endpoint,

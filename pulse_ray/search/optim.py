@@ -61,8 +61,8 @@ class BatchedSphericalOptimizer:
 
     @torch.no_grad()
     def step(self, grads: list[torch.Tensor], rows: torch.Tensor) -> None:
-        """One update of the slots in ``rows`` (``grads`` are for those rows, in order)."""
-        t = self.step_count[rows]
+        """One update of the slots in ``rows`` (``grads`` are for those rows, in order; ``rows`` on any device)."""
+        t = self.step_count[rows.cpu()]
         lr = (self.lr * lr_factor(self.schedule, t, self.steps)).to(self.params[0].device)
         t = (t + 1).to(self.params[0].device).double()
         for i, (p, g) in enumerate(zip(self.params, grads)):
@@ -93,4 +93,4 @@ class BatchedSphericalOptimizer:
                 bc1 = (1 - 0.9**t).view(shape).to(p.dtype)
                 x = x - (lr_i / bc1) * m_r / u_r
             p[rows] = x / sphere_norm(x) * self.radii[i][rows]
-        self.step_count[rows] += 1
+        self.step_count[rows.cpu()] += 1

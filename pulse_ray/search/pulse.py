@@ -21,6 +21,7 @@ from .losses import l2_per_sample, loss_per_sample, parse_loss
 from .optim import BatchedSphericalOptimizer
 
 NOISE_TYPES = ("zero", "fixed", "trainable")
+KEEP_RULES = ("realistic", "closest")
 PRECISIONS = ("fp32", "tf32", "bf16")
 
 
@@ -92,6 +93,7 @@ class SearchResult:
     downscale_mse: float  # PULSE's L2: MSE between DS(G(z)) and the LR input, G(z) before clamping
     output_mse: float  # the same for the image returned (clamped to [0, 1]); larger when G(z) left [0, 1]
     converged: bool  # downscale_mse <= eps
+    loss: float  # the search's total loss at that iterate (L2 / L1 clamped at eps): lower is more realistic
     restart: int  # which restart produced it
     steps: int  # optimizer steps that restart ran
     seed: int  # the seed of that restart's search
@@ -167,6 +169,7 @@ class _Searches:
         self.opt = BatchedSphericalOptimizer(opts["optimizer"], [self.latent, *self.trainable],
                                              opts["learning_rate"], opts["lr_schedule"], opts["steps"])
         self.best_mse = torch.full((slots,), float("inf"))
+        self.best_loss = torch.full((slots,), float("inf"))  # total loss of the best iterate
         self.best_step = torch.zeros(slots, dtype=torch.long)
         # the best iterate stays on the generator's device: no image copied back every step
         self.best_image = torch.zeros(slots, 3, g.resolution, g.resolution, device=dev)
@@ -189,6 +192,7 @@ class _Searches:
                 fi += 1
         self.opt.reset_slots(torch.tensor([slot]))
         self.best_mse[slot] = float("inf")
+        self.best_loss[slot] = float("inf")
         self.best_step[slot] = 0
 
     def noise_for(self, rows: torch.Tensor, trainable: list) -> list:
@@ -203,22 +207,44 @@ class _Searches:
         return out
 
 
+def _rank(mse: float, loss: float, eps: float, keep: str) -> tuple:
+    """Sort key of an iterate or a restart under ``keep`` (lower is better)."""
+    if keep == "realistic" and mse <= eps:
+        return (0, loss)
+    return (1, mse)
+
+
+def _better(mse, loss, best_mse, best_loss, eps: float, keep: str) -> torch.Tensor:
+    """Per row: does this step's iterate beat the kept one under ``keep`` (the vector form of ``_rank``)?"""
+    closer = mse < best_mse
+    if keep == "closest":
+        return closer
+    within, best_within = mse <= eps, best_mse <= eps
+    return torch.where(within, ~best_within | (loss < best_loss), ~best_within & closer)
+
+
 def upsample(lr_batch, generator: Generator | str | None = None, *, restarts: int = 4, steps: int = 100,
              eps: float = 2e-3, seed: int = 0, ids=None, keep_restarts: bool = False,
              loss: str = "100*L2+0.05*GEOCROSS", optimizer: str = "adam", learning_rate: float = 0.4,
              lr_schedule: str = "linear1cycledrop", noise_type: str = "trainable",
              num_trainable_noise_layers: int = 5, bad_noise_layers: str = "17", tile_latent: bool = False,
              batch_size: int | None = None, early_stop: bool = True, patience: int = 10,
-             skip_converged_restarts: bool = False, precision: str | None = None,
+             skip_converged_restarts: bool = False, keep: str = "realistic", precision: str | None = None,
              compile: bool = False) -> list[SearchResult]:
     """Super-resolve LR faces with PULSE; one :class:`SearchResult` per input image.
 
     ``lr_batch``: ``[B, C, h, w]`` in [0, 1] or a list of ``[C, h, w]`` (sizes may differ).
-    ``restarts`` independent searches per image, seeded from (``seed``, id, restart); the result
-    is the lowest-downscale-error iterate of the best restart, with ``converged=False`` when
-    no iterate reached ``eps``. ``early_stop`` lets a converged search that stopped improving
-    for ``patience`` steps leave the batch; ``skip_converged_restarts`` drops an image's
-    remaining restarts once one has converged.
+    ``restarts`` independent searches per image, seeded from (``seed``, id, restart). Which iterate
+    a search keeps, and which restart an image keeps, is ``keep``:
+    - ``"realistic"`` (PULSE's rule): of the iterates that downscale to within ``eps``, the one with
+      the lowest total loss, i.e. the lowest realism term (GEOCROSS), since L2 is clamped at ``eps``;
+    - ``"closest"``: the iterate with the lowest downscale error, whatever its realism.
+    Either way a search that never reached ``eps`` keeps its lowest-downscale-error iterate, and the
+    result has ``converged=False`` when no restart reached ``eps``. ``early_stop`` lets a converged
+    search whose kept iterate has not changed for ``patience`` steps leave the batch (under
+    ``"realistic"`` the realism term usually falls to the last step, so it rarely stops a search
+    early; ``"closest"`` searches stop soon after they converge); ``skip_converged_restarts`` drops
+    an image's remaining restarts once one has converged.
 
     Fast-path knobs: ``precision`` is ``"fp32"``, ``"tf32"`` (TF32 matmuls and convolutions) or
     ``"bf16"`` (TF32, and the generator forward under bf16 autocast); ``None`` means ``"tf32"`` on
@@ -237,13 +263,13 @@ def upsample(lr_batch, generator: Generator | str | None = None, *, restarts: in
                          num_trainable_noise_layers=num_trainable_noise_layers,
                          bad_noise_layers=bad_noise_layers, tile_latent=tile_latent, batch_size=batch_size,
                          early_stop=early_stop, patience=patience,
-                         skip_converged_restarts=skip_converged_restarts,
+                         skip_converged_restarts=skip_converged_restarts, keep=keep,
                          synthesize=_synthesis_fn(g, precision, compile))
 
 
 def _upsample(lr_batch, g: Generator, *, restarts, steps, eps, seed, ids, keep_restarts, loss, optimizer,
               learning_rate, lr_schedule, noise_type, num_trainable_noise_layers, bad_noise_layers, tile_latent,
-              batch_size, early_stop, patience, skip_converged_restarts, synthesize) -> list[SearchResult]:
+              batch_size, early_stop, patience, skip_converged_restarts, keep, synthesize) -> list[SearchResult]:
     images = list(lr_batch) if not torch.is_tensor(lr_batch) else list(lr_batch.unbind(0)) \
         if lr_batch.dim() == 4 else None
     if images is None:
@@ -254,6 +280,8 @@ def _upsample(lr_batch, g: Generator, *, restarts, steps, eps, seed, ids, keep_r
         raise ValueError(f"unknown noise type {noise_type!r} (known: {', '.join(NOISE_TYPES)})")
     if eps < 0:
         raise ValueError(f"eps must be >= 0, got {eps}")
+    if keep not in KEEP_RULES:
+        raise ValueError(f"unknown keep rule {keep!r} (known: {', '.join(KEEP_RULES)})")
     keys = [str(k) for k in ids] if ids is not None else [str(i) for i in range(len(images))]
     if len(keys) != len(images):
         raise ValueError(f"{len(keys)} ids for {len(images)} images")
@@ -305,6 +333,7 @@ def _upsample(lr_batch, g: Generator, *, restarts, steps, eps, seed, ids, keep_r
         hr = (synthesize(w, s.noise_for(rows_dev, trainable)) + 1) / 2
         total = hr.new_zeros(())
         mse = torch.zeros(len(active))
+        loss = torch.zeros(len(active))
         for f in sorted({factors[owner[k][0]] for k in active}):
             members = [j for j, k in enumerate(active) if factors[owner[k][0]] == f]
             # a group of one runs as two rows: kernels (convolutions, reductions) take other
@@ -315,13 +344,15 @@ def _upsample(lr_batch, g: Generator, *, restarts, steps, eps, seed, ids, keep_r
             per_sample, _ = loss_per_sample(terms, w[rows_f], gen_lr, ref, eps)
             total = total + per_sample[:len(members)].sum()
             mse[members] = l2_per_sample(gen_lr, ref).detach().cpu()[:len(members)]
+            loss[members] = per_sample.detach().cpu()[:len(members)]
         grads = torch.autograd.grad(total, [latent, *trainable])
         # best iterate per slot (this step's image is the one before the update)
         step_now = s.opt.step_count[rows].clone()
-        improved = mse < s.best_mse[rows]
+        improved = _better(mse, loss, s.best_mse[rows], s.best_loss[rows], eps, keep)
         if improved.any():
             idx = rows[improved]
             s.best_mse[idx] = mse[improved]
+            s.best_loss[idx] = loss[improved]
             s.best_step[idx] = step_now[improved]
             s.best_image[idx.to(hr.device)] = hr.detach()[improved.to(hr.device)].clamp(0, 1).float()
         s.opt.step([gr.detach() for gr in grads], rows_dev)
@@ -336,7 +367,8 @@ def _upsample(lr_batch, g: Generator, *, restarts, steps, eps, seed, ids, keep_r
                 out_mse = l2_per_sample(downscale(image[None].expand(2, -1, -1, -1), factors[i])[:1],
                                         refs[i][None].cpu())
                 outcome[(i, r)] = SearchResult(image=image, downscale_mse=float(s.best_mse[k]),
-                                               output_mse=float(out_mse), converged=conv, restart=r,
+                                               output_mse=float(out_mse), converged=conv,
+                                               loss=float(s.best_loss[k]), restart=r,
                                                steps=done_steps, seed=sd)
                 if conv:
                     converged_images.add(i)
@@ -345,9 +377,9 @@ def _upsample(lr_batch, g: Generator, *, restarts, steps, eps, seed, ids, keep_r
     results = []
     for i in range(len(images)):
         runs = [outcome[(i, r)] for r in range(restarts) if (i, r) in outcome]
-        best = min(runs, key=lambda x: x.downscale_mse)
+        best = min(runs, key=lambda x: _rank(x.downscale_mse, x.loss, eps, keep))
         results.append(SearchResult(image=best.image, downscale_mse=best.downscale_mse, output_mse=best.output_mse,
-                                    converged=best.converged,
+                                    converged=best.converged, loss=best.loss,
                                     restart=best.restart, steps=best.steps, seed=best.seed,
                                     restarts=runs if keep_restarts else []))
     return results

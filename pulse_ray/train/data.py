@@ -110,22 +110,28 @@ def _tight_crop(img: Image.Image, size: int) -> Image.Image | None:
     return align_face(rgb, size)
 
 
-def held_out_faces(source: str, size: int, n: int, held_out_share: float = 0.03) -> tuple[list[str], np.ndarray]:
-    """The first ``n`` photos of ``source`` that training kept out, aligned to ``size`` px.
+def held_out_faces(source: str, size: int, n: int, held_out_share: float = 0.03,
+                   skip: int = 0) -> tuple[list[str], np.ndarray]:
+    """``n`` photos of ``source`` that training kept out, aligned to ``size`` px, after the first ``skip``.
 
     Uses the same deterministic split as :func:`prepare_faces`, so these are faces the bundled
-    generator has never seen. Returns ids and ``[n, size, size, 3]`` uint8 images.
+    generator has never seen. ``skip`` separates sets: the model card's figures use the first 32,
+    choices (of search settings, of which generator to ship) are made on later ones.
+    Returns ids and ``[n, size, size, 3]`` uint8 images.
     """
-    ids, images = [], []
+    ids, images, usable = [], [], 0
     for photo_id, person, data in _iter_source(source):
         if not is_held_out(person or photo_id, held_out_share):
             continue
         face = decode_face(data, size)
         if face is not None:
+            usable += 1
+            if usable <= skip:
+                continue
             ids.append(photo_id)
             images.append(face)
             if len(ids) == n:
                 break
     if len(ids) < n:
-        raise ValueError(f"{source}: only {len(ids)} held-out faces, {n} asked for")
+        raise ValueError(f"{source}: only {usable} held-out faces, {skip} skipped and {n} asked for")
     return ids, np.stack(images)

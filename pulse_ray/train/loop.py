@@ -126,7 +126,7 @@ class Trainer:
             for group in opt.param_groups:
                 group["lr"] = self.cfg.lr
         self.cur_img, self.step = int(st["cur_img"]), int(st["step"])
-        torch.set_rng_state(st["rng"])
+        torch.set_rng_state(st["rng"].cpu())  # loaded onto the training device with the rest
 
     # ---- one iteration --------------------------------------------------------------------
     def train_step(self, reals: torch.Tensor, level: int, alpha: float) -> dict:
@@ -160,11 +160,11 @@ class Trainer:
         halflife = min(cfg.ema_halflife_kimg * 1000, max(self.cur_img, b) * cfg.ema_rampup)
         beta = 0.5 ** (b / halflife)
         with torch.no_grad():
-            for p_ema, p in zip(self.G_ema.parameters(), self.G.parameters()):
-                p_ema.lerp_(p, 1 - beta)
+            torch._foreach_lerp_(list(self.G_ema.parameters()), list(self.G.parameters()), 1 - beta)
         self.cur_img += b
         self.step += 1
-        return {"d": d_loss.item(), "g": g_loss.item(), "r1": r1.item()}
+        # tensors, not numbers: reading them waits for the GPU, so the loop reads them only when it logs
+        return {"d": d_loss.detach(), "g": g_loss.detach(), "r1": r1.detach()}
 
     def sample_grid(self, level: int, alpha: float, path: str, n: int = 64) -> None:
         with torch.no_grad(), torch.random.fork_rng(devices=[]):  # fixed noise; training's RNG untouched
@@ -305,6 +305,8 @@ def main(argv: list[str] | None = None) -> int:
         level, alpha, batch = trainer.schedule.at(trainer.cur_img)
         gen.manual_seed(cfg.seed * 1_000_003 + trainer.step)  # per step, so --resume continues exactly
         idx = torch.randint(0, n, (batch,), generator=gen)
+        if device.type == "cuda":  # from pinned memory the copy does not wait for the GPU to finish
+            idx = idx.pin_memory().to(device, non_blocking=True)
         reals = data[idx]
         if torch.rand((), generator=gen) < 0.5:
             reals = reals.flip(3)
@@ -320,8 +322,8 @@ def main(argv: list[str] | None = None) -> int:
             done_share = max((now - t_start) / 60 / args.minutes if args.minutes > 0 else 1.0,
                              (trainer.cur_img - img_at_start) / max(1, stop_img - img_at_start) if stop_img else 0.0)
             line = (f"{progress_bar(done_share, now - t_start)} | it {trainer.step} | kimg {trainer.cur_img / 1000:.1f} "
-                    f"| {2 ** (level + 1)}px alpha {alpha:.2f} | D {losses['d']:.3f} G {losses['g']:.3f} "
-                    f"R1 {losses['r1']:.3f} | {rate:.1f} img/s")
+                    f"| {2 ** (level + 1)}px alpha {alpha:.2f} | D {losses['d'].item():.3f} G {losses['g'].item():.3f} "
+                    f"R1 {losses['r1'].item():.3f} | {rate:.1f} img/s")
             print("\r" + line if tty else line, end="" if tty else "\n", flush=True)
             last_log, img_at_log = now, trainer.cur_img
         done = bool(stop_requested) or (now - t_start) / 60 >= args.minutes or (
