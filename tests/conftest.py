@@ -204,6 +204,7 @@ class FakeResult:
     seed: int
     restarts: list = field(default_factory=list)
     output_mse: float = 1e-3
+    loss: float = 0.25
 
 
 def fake_upsample(lrs, generator, restarts, steps, eps, seed, ids=None, keep_restarts=False, keep="realistic"):

@@ -218,3 +218,17 @@ def test_dedup_for_an_overwrite_run_keeps_the_redone_rows(tmp_path):
     write_table(t, storage.join(out, "metadata", "part-1.parquet"))
     assert md.compact(out, redone=frozenset({"a", "b"})) == 3
     assert {r["id"]: r["status"] for r in md.read_metadata(out).to_pylist()} == {"a": "failed", "b": "ok", "c": "ok"}
+
+
+def test_metadata_parts_from_before_a_column_existed_read_as_null(tmp_path):
+    out = str(tmp_path)
+    now = datetime.now(timezone.utc)
+    full = pa.schema(md.METADATA_FIELDS)
+    row = {**{f.name: None for f in md.METADATA_FIELDS}, "status": "ok", "finished_at": now}
+    write_table(pa.Table.from_pylist([{**row, "id": "new", "keep": "closest", "search_loss": 0.3}], schema=full),
+                storage.join(out, md.METADATA_DIR, "part-new.parquet"))
+    old = pa.schema([f for f in md.METADATA_FIELDS if f.name not in ("keep", "search_loss")])  # before 2026-11-28
+    write_table(pa.Table.from_pylist([{k: v for k, v in {**row, "id": "old"}.items() if k in old.names}], schema=old),
+                storage.join(out, md.METADATA_DIR, "part-old.parquet"))
+    got = {r["id"]: (r["keep"], r["search_loss"]) for r in md.read_metadata(out).to_pylist()}
+    assert got == {"new": ("closest", 0.3), "old": (None, None)}

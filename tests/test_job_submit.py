@@ -126,6 +126,11 @@ def test_s3_end_to_end_with_keep_restarts(ray_cluster, generator, s3):
     rs = md.read_restarts(out)
     assert rs.num_rows == 8 and rs.column("best").to_pylist().count(True) == 4
     assert job_status(out)["ok"] == 4
+    # every ok row says which rule kept it, and the kept restart's loss is the row's
+    ok = [by[i] for i in ("s3/img0", "s3/img1", "s3/img2", "inline")]
+    assert {r["keep"] for r in ok} == {"realistic"} and all(r["search_loss"] > 0 for r in ok)
+    best = {r["id"]: r["search_loss"] for r in rs.to_pylist() if r["best"]}
+    assert all(best[r["id"]] == r["search_loss"] for r in ok)
 
 
 @pytest.mark.slow

@@ -71,11 +71,13 @@ METADATA_FIELDS = [
     pa.field("downscale_mse", pa.float64()),  # PULSE's L2, G(z) before clamping (judged against eps)
     pa.field("output_mse", pa.float64()),  # the same for the SR image as returned (clamped to [0, 1])
     pa.field("converged", pa.bool_()),
+    pa.field("search_loss", pa.float64()),  # the search's total loss at the kept image: lower is more realistic
     pa.field("restart", pa.int32()),  # index of the best restart
     pa.field("steps", pa.int32()),  # steps the best restart ran
     pa.field("seed", pa.int64()),  # seed of the best restart
     pa.field("restarts", pa.int32()),  # restarts requested
     pa.field("eps", pa.float64()),
+    pa.field("keep", pa.string()),  # which result the search kept: "realistic" or "closest"
     pa.field("generator", pa.string()),
     pa.field("seconds", pa.float64()),  # search wall time of the batch / images in it
     pa.field("worker", pa.string()),  # host:pid of the search actor
@@ -90,6 +92,7 @@ RESTART_FIELDS = [
     pa.field("sr_uri", pa.string()),
     pa.field("downscale_mse", pa.float64()),
     pa.field("converged", pa.bool_()),
+    pa.field("search_loss", pa.float64()),
     pa.field("steps", pa.int32()),
     pa.field("seed", pa.int64()),
     pa.field("generator", pa.string()),

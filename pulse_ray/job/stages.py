@@ -40,7 +40,7 @@ from .metadata import (
 __all__ = ["prepare_batch", "SearchStage", "write_batch", "resolve_uri", "sr_uri_for", "is_restart_name"]
 
 # Columns the stages add and consume; never carried into metadata as they are.
-INTERNAL = ("_relpath", "_pixels", "_sr", "_r_pixels", "_r_mse", "_r_conv", "_r_steps", "_r_seed")
+INTERNAL = ("_relpath", "_pixels", "_sr", "_r_pixels", "_r_mse", "_r_conv", "_r_loss", "_r_steps", "_r_seed")
 
 
 def _set_col(table: pa.Table, name: str, values, type_: pa.DataType) -> pa.Table:
@@ -283,12 +283,13 @@ class SearchStage:
                         error[i] = f"search failed: {type(exc).__name__}: {exc}"
                         kind[i] = "search_error"
         per_image = (time.perf_counter() - t0) / max(1, len(results))
-        cols = {k: [None] * n for k in ("mse", "out_mse", "conv", "restart", "steps", "seed", "sr", "sec")}
-        rcols = {k: [None] * n for k in ("px", "mse", "conv", "steps", "seed")}
+        cols = {k: [None] * n for k in ("mse", "out_mse", "conv", "loss", "restart", "steps", "seed", "sr", "sec")}
+        rcols = {k: [None] * n for k in ("px", "mse", "conv", "loss", "steps", "seed")}
         for i, r in results.items():
             cols["mse"][i] = float(r.downscale_mse)
             cols["out_mse"][i] = float(r.output_mse)
             cols["conv"][i] = bool(r.converged)
+            cols["loss"][i] = float(r.loss)
             cols["restart"][i] = int(r.restart)
             cols["steps"][i] = int(r.steps)
             cols["seed"][i] = int(r.seed)
@@ -299,6 +300,7 @@ class SearchStage:
                 rcols["px"][i] = [images.to_uint8_hwc(x.image).tobytes() for x in rr]
                 rcols["mse"][i] = [float(x.downscale_mse) for x in rr]
                 rcols["conv"][i] = [bool(x.converged) for x in rr]
+                rcols["loss"][i] = [float(x.loss) for x in rr]
                 rcols["steps"][i] = [int(x.steps) for x in rr]
                 rcols["seed"][i] = [int(x.seed) for x in rr]
         table = table.drop_columns(["_pixels"])
@@ -310,11 +312,13 @@ class SearchStage:
             ("downscale_mse", cols["mse"], pa.float64()),
             ("output_mse", cols["out_mse"], pa.float64()),
             ("converged", cols["conv"], pa.bool_()),
+            ("search_loss", cols["loss"], pa.float64()),
             ("restart", cols["restart"], pa.int32()),
             ("steps", cols["steps"], pa.int32()),
             ("seed", cols["seed"], pa.int64()),
             ("restarts", [self.restarts] * n, pa.int32()),
             ("eps", [self.eps] * n, pa.float64()),
+            ("keep", [self.keep] * n, pa.string()),
             ("generator", [str(getattr(self.g, "name", "generator"))] * n, pa.string()),
             ("seconds", cols["sec"], pa.float64()),
             ("worker", [self.worker] * n, pa.string()),
@@ -323,6 +327,7 @@ class SearchStage:
             ("_r_pixels", rcols["px"], pa.list_(pa.binary())),
             ("_r_mse", rcols["mse"], pa.list_(pa.float64())),
             ("_r_conv", rcols["conv"], pa.list_(pa.bool_())),
+            ("_r_loss", rcols["loss"], pa.list_(pa.float64())),
             ("_r_steps", rcols["steps"], pa.list_(pa.int32())),
             ("_r_seed", rcols["seed"], pa.list_(pa.int64())),
         ):
@@ -371,6 +376,7 @@ def write_batch(
                 px = table.column("_r_pixels")[i].as_py() or []
                 mse = table.column("_r_mse")[i].as_py() or []
                 conv = table.column("_r_conv")[i].as_py() or []
+                losses = table.column("_r_loss")[i].as_py() or []
                 steps = table.column("_r_steps")[i].as_py() or []
                 seeds = table.column("_r_seed")[i].as_py() or []
                 best = table.column("restart")[i].as_py()
@@ -380,7 +386,7 @@ def write_batch(
                     rrows.append(
                         dict(
                             id=ids[i], restart=k, best=(k == best), sr_uri=ruri, downscale_mse=mse[k],
-                            converged=conv[k], steps=steps[k], seed=seeds[k],
+                            converged=conv[k], search_loss=losses[k], steps=steps[k], seed=seeds[k],
                             generator=table.column("generator")[i].as_py(), finished_at=now,
                         )
                     )
