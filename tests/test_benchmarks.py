@@ -136,3 +136,15 @@ def test_device_check_tiny_runs_on_cpu(tmp_path):
     assert all(r["image_steps_per_s"] > 0 for r in res["runs"])
     assert res["flops_per_image_step"] > res["flops_generator_forward"] > 0
     assert res["reference_loop"]["batch"] == 1
+
+
+def test_bundled_search_check_writes_its_figures_and_images(tmp_path):
+    import bundled_search_check
+
+    assert bundled_search_check.main(["--out", str(tmp_path), "--images", "2", "--steps", "2"]) == 0
+    out = json.loads((tmp_path / "check.json").read_text())
+    assert sorted(out["runs"]) == [f"factor{f}_{k}_fp32" for f in (16, 8) for k in ("closest", "realistic")]
+    assert all(r["steps_per_search"] == 2 and r["images_per_min"] > 0 and r["sr_face_rate"] is not None
+               for r in out["runs"].values())
+    saved = torch.load(tmp_path / "sr.pt", weights_only=True)
+    assert saved["hr"].shape == saved["factor16_realistic_fp32"].shape == (2, 3, 64, 64)

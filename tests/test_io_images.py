@@ -108,3 +108,14 @@ def test_encode_png_roundtrip_from_chw_float():
     data = images.encode_png(x)
     back = images.decode_image(data)
     assert np.abs(back.astype(np.float32) / 255 - x.permute(1, 2, 0).numpy()).max() <= 0.5 / 255 + 1e-6
+
+
+def test_face_finding_without_haar_cascades_says_what_to_install(monkeypatch):
+    import cv2
+
+    from pulse_ray.io import align
+
+    align._cascade.cache_clear()
+    monkeypatch.delattr(cv2, "CascadeClassifier")  # as in OpenCV 5
+    with pytest.raises(RuntimeError, match="install 'opencv-python-headless<5'"):
+        align.detect_faces(np.zeros((32, 32), np.uint8), min_size=8)

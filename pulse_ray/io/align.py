@@ -16,6 +16,9 @@ CROP_SCALE = 1.45
 def _cascade():
     import cv2
 
+    if not hasattr(cv2, "CascadeClassifier"):  # OpenCV 5 dropped the Haar cascades
+        raise RuntimeError(f"OpenCV {cv2.__version__} has no Haar cascade (CascadeClassifier), which face "
+                           f"finding needs: install 'opencv-python-headless<5'")
     path = cv2.data.haarcascades + "haarcascade_frontalface_default.xml"
     cascade = cv2.CascadeClassifier(path)
     if cascade.empty():
