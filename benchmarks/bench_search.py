@@ -34,7 +34,6 @@ share of images for which the reference code writes any output at all.
 from __future__ import annotations
 
 import argparse
-import io
 import json
 import os
 import platform
@@ -52,50 +51,9 @@ for p in (REPO, HERE):
 
 DEFAULT_SOURCE = os.path.join(os.path.dirname(REPO), "shared", "data", "faces.parquet")
 MODES = ("reference-loop", "pulse_ray", "pulse_ray-closest", "pulse_ray-skip", "pulse_ray-nostop", "pulse_ray-b1", "pulse_ray-compile")
-HELD_OUT_SHARE = 0.03  # the training recipe's (pulse_ray.train.loop.TrainConfig.held_out_share)
 
 
 # ----------------------------------------------------------------------------- inputs
-
-
-def held_out_faces(source: str, resolution: int, n: int, share: float = HELD_OUT_SHARE):
-    """The first ``n`` usable held-out photos of ``source``, cropped as training crops them.
-
-    The split is recomputed the way training makes it (``is_held_out(person or id, share)``),
-    so it does not depend on a training run directory. Returns ``(uint8 [n, R, R, 3], ids)``.
-    """
-    import numpy as np
-    import pyarrow.parquet as pq
-    from PIL import Image
-
-    from pulse_ray.train.data import _tight_crop, is_held_out
-
-    table = pq.read_table(source, columns=["id", "person"])
-    ids, persons = table.column("id").to_pylist(), table.column("person").to_pylist()
-    rows = [i for i, (pid, person) in enumerate(zip(ids, persons)) if is_held_out(person or pid, share)]
-    images, keep = [], []
-    pf = pq.ParquetFile(source)
-    wanted = set(rows)
-    offset = 0
-    for batch in pf.iter_batches(columns=["id", "image"], batch_size=1024):
-        d = batch.to_pydict()
-        for j, (pid, data) in enumerate(zip(d["id"], d["image"])):
-            if offset + j not in wanted:
-                continue
-            try:
-                img = Image.open(io.BytesIO(data))
-                img.load()
-            except Exception:
-                continue
-            face = _tight_crop(img, resolution)
-            if face is None:
-                continue
-            images.append(np.asarray(face, dtype=np.uint8))
-            keep.append(pid)
-            if len(keep) == n:
-                return np.stack(images), keep
-        offset += len(d["id"])
-    raise SystemExit(f"{source}: only {len(keep)} usable held-out faces (share {share}), {n} asked for")
 
 
 def make_inputs(g, source: str, n: int, factor: int, seed: int = 123):
@@ -109,7 +67,9 @@ def make_inputs(g, source: str, n: int, factor: int, seed: int = 123):
         hr = g.sample(n, seed=seed).cpu()
         ids = [f"sample{i:04d}" for i in range(n)]
     else:
-        arr, ids = held_out_faces(source, g.resolution, n)
+        from pulse_ray.train.data import held_out_faces
+
+        ids, arr = held_out_faces(source, g.resolution, n)
         hr = torch.from_numpy(arr).permute(0, 3, 1, 2).float() / 255
     lr = (pulse_ray.downscale(hr, factor).clamp(0, 1) * 255).round() / 255
     return hr, lr, ids

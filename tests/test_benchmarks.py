@@ -111,11 +111,9 @@ def test_bench_search_end_to_end(reference, tmp_path):
 def test_held_out_faces_are_the_training_split():
     if not FACES.exists():
         pytest.skip("shared/data/faces.parquet not present")
-    from bench_search import held_out_faces
+    from pulse_ray.train.data import held_out_faces, is_held_out
 
-    from pulse_ray.train.data import is_held_out
-
-    imgs, ids = held_out_faces(str(FACES), 32, 3)
+    ids, imgs = held_out_faces(str(FACES), 32, 3)  # what bench_search and evaluate_generator use
     assert imgs.shape == (3, 32, 32, 3) and imgs.dtype.name == "uint8"
     import pyarrow.parquet as pq
 

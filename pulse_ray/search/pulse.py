@@ -214,15 +214,6 @@ def _rank(mse: float, loss: float, eps: float, keep: str) -> tuple:
     return (1, mse)
 
 
-def _better(mse, loss, best_mse, best_loss, eps: float, keep: str) -> torch.Tensor:
-    """Per row: does this step's iterate beat the kept one under ``keep`` (the vector form of ``_rank``)?"""
-    closer = mse < best_mse
-    if keep == "closest":
-        return closer
-    within, best_within = mse <= eps, best_mse <= eps
-    return torch.where(within, ~best_within | (loss < best_loss), ~best_within & closer)
-
-
 def upsample(lr_batch, generator: Generator | str | None = None, *, restarts: int = 4, steps: int = 100,
              eps: float = 2e-3, seed: int = 0, ids=None, keep_restarts: bool = False,
              loss: str = "100*L2+0.05*GEOCROSS", optimizer: str = "adam", learning_rate: float = 0.4,
@@ -333,7 +324,7 @@ def _upsample(lr_batch, g: Generator, *, restarts, steps, eps, seed, ids, keep_r
         hr = (synthesize(w, s.noise_for(rows_dev, trainable)) + 1) / 2
         total = hr.new_zeros(())
         mse = torch.zeros(len(active))
-        loss = torch.zeros(len(active))
+        totals = torch.zeros(len(active))
         for f in sorted({factors[owner[k][0]] for k in active}):
             members = [j for j, k in enumerate(active) if factors[owner[k][0]] == f]
             # a group of one runs as two rows: kernels (convolutions, reductions) take other
@@ -344,15 +335,16 @@ def _upsample(lr_batch, g: Generator, *, restarts, steps, eps, seed, ids, keep_r
             per_sample, _ = loss_per_sample(terms, w[rows_f], gen_lr, ref, eps)
             total = total + per_sample[:len(members)].sum()
             mse[members] = l2_per_sample(gen_lr, ref).detach().cpu()[:len(members)]
-            loss[members] = per_sample.detach().cpu()[:len(members)]
+            totals[members] = per_sample.detach().cpu()[:len(members)]
         grads = torch.autograd.grad(total, [latent, *trainable])
         # best iterate per slot (this step's image is the one before the update)
         step_now = s.opt.step_count[rows].clone()
-        improved = _better(mse, loss, s.best_mse[rows], s.best_loss[rows], eps, keep)
+        improved = torch.tensor([_rank(m, t, eps, keep) < _rank(bm, bt, eps, keep) for m, t, bm, bt in zip(
+            mse.tolist(), totals.tolist(), s.best_mse[rows].tolist(), s.best_loss[rows].tolist())], dtype=torch.bool)
         if improved.any():
             idx = rows[improved]
             s.best_mse[idx] = mse[improved]
-            s.best_loss[idx] = loss[improved]
+            s.best_loss[idx] = totals[improved]
             s.best_step[idx] = step_now[improved]
             s.best_image[idx.to(hr.device)] = hr.detach()[improved.to(hr.device)].clamp(0, 1).float()
         s.opt.step([gr.detach() for gr in grads], rows_dev)
