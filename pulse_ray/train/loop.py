@@ -26,7 +26,7 @@ import torch.nn.functional as F
 from PIL import Image
 
 from ..models.checkpoint import compute_gaussian_fit, save_checkpoint
-from .data import prepare_faces
+from .data import Framing, prepare_faces
 from .networks import Discriminator, ProgressiveGenerator
 
 
@@ -47,7 +47,14 @@ class TrainConfig:
     ema_halflife_kimg: float = 10.0
     ema_rampup: float = 0.05  # early on, the EMA half-life is at most this share of the images shown
     held_out_share: float = 0.03
+    framing: str = "haar"  # "ffhq": dlib landmarks, the crop make-manifest --align ffhq makes
+    align_scale: float = 1.0  # the FFHQ square's size (1.0 = FFHQ's own framing)
+    colour_only: bool = False  # drop grey photos
+    balance_by: str = ""  # a label (e.g. "race"): draw each of its groups equally often
     seed: int = 0
+
+    def framing_spec(self) -> Framing:
+        return Framing(self.framing, self.align_scale, self.colour_only)
 
 
 class Schedule:
@@ -197,23 +204,35 @@ def progress_bar(share: float, elapsed_s: float, width: int = 20) -> str:
     return f"[{'#' * filled}{'-' * (width - filled)}] {share * 100:3.0f}% {left_s} left"
 
 
-def load_dataset(cfg: TrainConfig, run_dir: str) -> torch.Tensor:
-    """Prepared faces as a float tensor [N, 3, R, R] in [-1, 1], cached in the run folder."""
-    cache = os.path.join(run_dir, f"faces{cfg.resolution}.npz")
+def load_dataset(cfg: TrainConfig, run_dir: str) -> tuple[torch.Tensor, torch.Tensor | None]:
+    """Prepared faces as a float tensor [N, 3, R, R] in [-1, 1], cached in the run folder, and the
+    per-face sampling weights that draw each ``balance_by`` group equally often (None: uniform)."""
+    tag = "" if cfg.framing == "haar" else f"_{cfg.framing}{cfg.align_scale:g}"
+    cache = os.path.join(run_dir, f"faces{cfg.resolution}{tag}.npz")
     if os.path.exists(cache):
-        images = np.load(cache)["images"]
+        cached = np.load(cache, allow_pickle=False)
+        images = cached["images"]
+        groups = cached[cfg.balance_by] if cfg.balance_by and cfg.balance_by in cached else None
     else:
         t0 = time.time()
-        prep = prepare_faces(cfg.data, cfg.resolution, held_out_share=cfg.held_out_share)
-        np.savez(cache, images=prep.images)
+        prep = prepare_faces(cfg.data, cfg.resolution, held_out_share=cfg.held_out_share, framing=cfg.framing_spec())
+        labels = {k: np.array([str(v) for v in vals]) for k, vals in (prep.labels or {}).items()}
+        np.savez(cache, images=prep.images, ids=np.array(prep.ids), **labels)
         with open(os.path.join(run_dir, "dataset.json"), "w") as f:
-            json.dump({"source": cfg.data, "kept": len(prep.ids), "dropped_no_face": prep.dropped,
-                       "held_out": prep.held_out}, f)
-        print(f"prepared {len(prep.ids)} faces ({prep.dropped} without a face dropped, "
+            json.dump({"source": cfg.data, "framing": asdict(cfg.framing_spec()), "kept": len(prep.ids),
+                       "dropped": prep.dropped, "held_out": prep.held_out}, f)
+        print(f"prepared {len(prep.ids)} faces ({prep.dropped} dropped: no face, unreadable or grey; "
               f"{len(prep.held_out)} held out) in {time.time() - t0:.0f}s", flush=True)
         images = prep.images
+        groups = labels.get(cfg.balance_by) if cfg.balance_by else None
     x = torch.from_numpy(images).permute(0, 3, 1, 2).float()
-    return x / 127.5 - 1.0
+    return x / 127.5 - 1.0, None if groups is None else group_weights(groups)
+
+
+def group_weights(groups: np.ndarray) -> torch.Tensor:
+    """Per-item weights under which every distinct group value is drawn equally often."""
+    _, inverse, counts = np.unique(groups, return_inverse=True, return_counts=True)
+    return torch.from_numpy(1.0 / counts[inverse]).double()
 
 
 def stable_level(trainer: Trainer) -> int:
@@ -238,7 +257,8 @@ def export(trainer: Trainer, path: str, level: int | None = None, gaussian_sampl
     fit = compute_gaussian_fit(g.mapping, num_samples=gaussian_samples)
     name = f"faces{resolution}"
     meta = {"name": name, "resolution": resolution, "images_shown": trainer.cur_img,
-            "config": asdict(trainer.cfg), "trained_with": "pulse-ray train (pulse_ray/train/loop.py)"}
+            "config": asdict(trainer.cfg), "trained_with": "pulse-ray train (pulse_ray/train/loop.py)",
+            "alignment": {"recipe": trainer.cfg.framing, "scale": trainer.cfg.align_scale}}
     save_checkpoint(path, sd, g.mapping.state_dict(), fit, meta, half=True)
     return name
 
@@ -290,7 +310,8 @@ def main(argv: list[str] | None = None) -> int:
         name = export(trainer, args.export, level=args.export_level, gaussian_samples=args.fit_samples)
         print(f"exported {name} ({trainer.cur_img} images shown) to {args.export}", flush=True)
         return 0
-    data = load_dataset(cfg, args.run_dir).to(device)
+    data, weights = load_dataset(cfg, args.run_dir)
+    data = data.to(device)
     n = data.shape[0]
     gen = torch.Generator()
 
@@ -304,7 +325,10 @@ def main(argv: list[str] | None = None) -> int:
     while True:
         level, alpha, batch = trainer.schedule.at(trainer.cur_img)
         gen.manual_seed(cfg.seed * 1_000_003 + trainer.step)  # per step, so --resume continues exactly
-        idx = torch.randint(0, n, (batch,), generator=gen)
+        if weights is None:
+            idx = torch.randint(0, n, (batch,), generator=gen)
+        else:
+            idx = torch.multinomial(weights, batch, replacement=True, generator=gen)
         if device.type == "cuda":  # from pinned memory the copy does not wait for the GPU to finish
             idx = idx.pin_memory().to(device, non_blocking=True)
         reals = data[idx]

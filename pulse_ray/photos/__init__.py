@@ -1,0 +1,1 @@
+"""Photos in, restored photos out: face landmarks, FFHQ alignment, paste-back."""
