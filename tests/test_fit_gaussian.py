@@ -1,4 +1,4 @@
-"""jobs/fit_gaussian.py: PULSE's gaussian fit computed from a checkpoint's mapping network and
+"""scripts/fit_gaussian.py: PULSE's gaussian fit computed from a checkpoint's mapping network and
 written into the checkpoint."""
 
 from __future__ import annotations
@@ -16,7 +16,7 @@ from pulse_ray.models import MappingNetwork, SynthesisNetwork, save_checkpoint, 
 from pulse_ray.models.checkpoint import load_weights_file, split_checkpoint
 
 ROOT = Path(__file__).resolve().parents[1]
-SCRIPT = ROOT / "jobs" / "fit_gaussian.py"
+SCRIPT = ROOT / "scripts" / "fit_gaussian.py"
 
 
 def _load_script():

@@ -8,7 +8,7 @@
 * The Dockerfile with hadolint (any finding fails), and its inputs against .dockerignore.
 * Commands in the manifests parse with the real command-line parsers (pulse-ray, ray job submit).
 * The IAM policy grants exactly the job's S3 access on the prefixes the manifests use.
-* No credentials anywhere in infra/ or jobs/.
+* No credentials anywhere in infra/ or scripts/.
 """
 
 from __future__ import annotations
@@ -606,8 +606,8 @@ _SECRET_PATTERNS = [
 ]
 
 
-def test_no_credentials_in_infra_or_jobs():
-    files = [p for d in (INFRA, ROOT / "jobs") for p in d.rglob("*") if p.is_file()]
+def test_no_credentials_in_infra_or_scripts():
+    files = [p for d in (INFRA, ROOT / "scripts") for p in d.rglob("*") if p.is_file()]
     files.append(ROOT / ".dockerignore")
     assert len(files) >= 10
     for p in files:

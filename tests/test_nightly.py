@@ -1,4 +1,4 @@
-"""``pulse-ray nightly`` / ``jobs/nightly.py``: discovery, ledger, idempotence, resume.
+"""``pulse-ray nightly`` / ``scripts/nightly.py``: discovery, ledger, idempotence, resume.
 
 The end-to-end tests run the real ``submit`` (embedded Ray, the bundled generator, a tiny search)
 against a real S3 endpoint on loopback (conftest's moto server, fake credentials); the fast ones
@@ -226,7 +226,7 @@ def test_command_line_passes_submit_options(tmp_path, monkeypatch):
 def test_jobs_script_runs(tmp_path):
     inp, out = tmp_path / "in", tmp_path / "out"
     _touch_manifest(inp / "one.parquet")
-    r = subprocess.run([sys.executable, str(ROOT / "jobs" / "nightly.py"), str(inp), str(out), "--dry-run"],
+    r = subprocess.run([sys.executable, str(ROOT / "scripts" / "nightly.py"), str(inp), str(out), "--dry-run"],
                        capture_output=True, text=True, cwd=tmp_path, timeout=300)
     assert r.returncode == 0, r.stderr
     assert "1 manifest(s): 1 new" in r.stdout and "one.parquet" in r.stdout

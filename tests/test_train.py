@@ -104,7 +104,7 @@ def test_zero_minutes_prepares_the_data_and_stops_after_one_step(small_faces, tm
 def _pack_for_device():
     import importlib.util
 
-    spec = importlib.util.spec_from_file_location("pack_for_device", REPO / "training" / "pack_for_device.py")
+    spec = importlib.util.spec_from_file_location("pack_for_device", REPO / "scripts" / "training" / "pack_for_device.py")
     module = importlib.util.module_from_spec(spec)
     spec.loader.exec_module(module)
     return module

@@ -58,7 +58,7 @@ class Generator:
                 f"generator {self.name!r} has no gaussian fit of its mapping network, which PULSE needs to "
                 f"sample and search: pass one with load_generator(source, gaussian_fit=PATH_OR_DICT) "
                 f"(PULSE's gaussian_fit.pt works), load a checkpoint that includes the mapping network, "
-                f"or compute one with `python jobs/fit_gaussian.py CHECKPOINT`")
+                f"or compute one with `python scripts/fit_gaussian.py CHECKPOINT`")
         return self.gaussian_fit
 
     def synthesize(self, dlatents: torch.Tensor, noise: list | None = None) -> torch.Tensor:

@@ -1,4 +1,4 @@
-"""Train the bundled face generator: ``python jobs/train_generator.py [options]``.
+"""Train the bundled face generator: ``python scripts/train_generator.py [options]``.
 
 The same as ``pulse-ray train``; see ``pulse_ray/train/loop.py`` for the recipe and
 ``MODEL_CARD.md`` for how the shipped generator was made.

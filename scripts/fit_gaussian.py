@@ -5,7 +5,7 @@ PULSE searches latents under a gaussian prior fitted to LeakyReLU(negative_slope
 network's output over many z ~ N(0, I). A generator checkpoint that ships the fit lets the search
 skip the mapping network at load time::
 
-    python jobs/fit_gaussian.py CHECKPOINT [--samples N] [--seed S] [--output OUT] [--device DEV]
+    python scripts/fit_gaussian.py CHECKPOINT [--samples N] [--seed S] [--output OUT] [--device DEV]
 
 CHECKPOINT is a pulse-ray generator bundle (``{"synthesis", "mapping", "gaussian_fit", "meta"}``),
 a local path or ``s3://`` URI. The fit is written into the bundle (in place, or into ``--output``)

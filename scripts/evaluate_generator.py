@@ -1,6 +1,6 @@
 """Figures for a face generator's model card: face rate of samples, and PULSE on held-out faces.
 
-    python jobs/evaluate_generator.py [--generator NAME|PATH] [--json OUT.json] [--grid docs/pulse_grid.png]
+    python scripts/evaluate_generator.py [--generator NAME|PATH] [--json OUT.json] [--grid docs/pulse_grid.png]
 
 - face rate of ``g.sample(256, seed=0)`` (Haar cascade, see ``pulse_ray.eval.face_rate``);
 - for factor 8 and the largest factor that leaves a 4x4 LR: PULSE (4 restarts, 100 steps,

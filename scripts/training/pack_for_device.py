@@ -1,9 +1,9 @@
 """Carry training to a machine without ``../shared`` (a lent GPU) inside its 64 MiB working tree.
 
-    python training/pack_for_device.py pack-faces RUN/faces64.npz .device/faces64.parquet   # JPEG q92, ~23 MB
-    python training/pack_for_device.py unpack-faces .device/faces64.parquet RUN/faces64.npz # the cache `pulse-ray train` reads
-    python training/pack_for_device.py pack-state training/faces64_state.pt .device/state.packed.pt  # 48 -> ~33 MB
-    python training/pack_for_device.py unpack-state .device/state.packed.pt RUN/state.pt
+    python scripts/training/pack_for_device.py pack-faces RUN/faces64.npz .device/faces64.parquet   # JPEG q92, ~23 MB
+    python scripts/training/pack_for_device.py unpack-faces .device/faces64.parquet RUN/faces64.npz # the cache `pulse-ray train` reads
+    python scripts/training/pack_for_device.py pack-state training/faces64_state.pt .device/state.packed.pt  # 48 -> ~33 MB
+    python scripts/training/pack_for_device.py unpack-state .device/state.packed.pt RUN/state.pt
 
 ``RUN/faces64.npz`` is the prepared data set that ``pulse-ray train`` caches in its run folder
 (``pulse_ray/train/data.py`` made it: faces found, cropped, resized, held-out people removed).
