@@ -25,3 +25,31 @@ def face_rate(images: torch.Tensor) -> float:
         x = x[:, 0]
     gray = (x * 255.0).round().to(torch.uint8).numpy()
     return float(np.mean([has_face(g) for g in gray]))
+
+
+def chroma(images: torch.Tensor) -> float:
+    """Mean chroma of RGB images ``[N, 3, H, W]`` in [0, 1]: the length of (Cb, Cr) of ITU-R 601, in [0, 0.5]."""
+    x = images.detach().float().clamp(0, 1).cpu()
+    if x.shape[1] != 3:
+        return 0.0
+    r, g, b = x[:, 0], x[:, 1], x[:, 2]
+    cb = -0.168736 * r - 0.331264 * g + 0.5 * b
+    cr = 0.5 * r - 0.418688 * g - 0.081312 * b
+    return float(torch.sqrt(cb * cb + cr * cr).mean())
+
+
+def colour_kept(sr: torch.Tensor, originals: torch.Tensor) -> float:
+    """Mean chroma of the SR images over that of the originals (1.0: as colourful; 0.0: grey)."""
+    base = chroma(originals)
+    return chroma(sr) / base if base > 0 else float("nan")
+
+
+AGE_BANDS = ((0, 18, "under 18"), (18, 40, "18-40"), (40, 60, "40-60"), (60, 200, "over 60"))
+
+
+def age_band(age) -> str | None:
+    """The model card's age band of an age in years (None where unknown)."""
+    if age is None or age == "None":
+        return None
+    a = int(age)
+    return next(name for lo, hi, name in AGE_BANDS if lo <= a < hi)

@@ -83,11 +83,12 @@ def _iter_source(source: str):
 
 @dataclass(frozen=True)
 class Framing:
-    """How faces are cropped: ``ffhq`` (landmarks) at ``scale``, or ``haar``; ``colour_only`` drops grey photos."""
+    """How faces are cropped: ``ffhq`` (landmarks) at ``scale``, or ``haar``; ``colour`` keeps "any",
+    only "colour" or only "grey" photos."""
 
     recipe: str = "haar"
     scale: float = 1.0
-    colour_only: bool = False
+    colour: str = "any"
 
 
 def prepare_faces(source: str, size: int, held_out_share: float = 0.03, limit: int | None = None,
@@ -129,7 +130,7 @@ def decode_face(data: bytes, size: int, framing: Framing = Framing()) -> np.ndar
         img.load()
     except Exception:  # any decoder error: this photo is unusable
         return None
-    if framing.colour_only and is_grey(img):
+    if framing.colour != "any" and is_grey(img) != (framing.colour == "grey"):
         return None
     face = _ffhq_crop(img, size, framing.scale) if framing.recipe == "ffhq" else _tight_crop(img, size)
     return None if face is None else np.asarray(face, dtype=np.uint8)
@@ -182,3 +183,32 @@ def held_out_faces(source: str, size: int, n: int, held_out_share: float = 0.03,
     if len(ids) < n:
         raise ValueError(f"{source}: only {usable} held-out faces, {skip} skipped and {n} asked for")
     return ids, np.stack(images)
+
+
+def held_out_by_group(source: str, size: int, per_group: int, group: str = "race", held_out_share: float = 0.03,
+                      framing: Framing = Framing(), skip: int = 0) -> tuple[list[str], np.ndarray, dict]:
+    """Up to ``per_group`` held-out faces of every value of label ``group`` (after the first ``skip`` of each).
+
+    Returns ids, ``[n, size, size, 3]`` uint8 images and their labels (name -> list), in source order.
+    """
+    ids, images, seen = [], [], {}
+    labels = {k: [] for k in LABELS}
+    for row in _iter_sources(source):
+        key = row.get(group)
+        if key is None or seen.get(key, 0) >= per_group + skip:
+            continue
+        if not is_held_out(row["person"] or row["id"], held_out_share):
+            continue
+        face = decode_face(row["image"], size, framing)
+        if face is None:
+            continue
+        seen[key] = seen.get(key, 0) + 1
+        if seen[key] <= skip:
+            continue
+        ids.append(row["id"])
+        images.append(face)
+        for k in LABELS:
+            labels[k].append(row.get(k))
+    if not ids:
+        raise ValueError(f"{source}: no held-out faces with a {group!r} label")
+    return ids, np.stack(images), labels

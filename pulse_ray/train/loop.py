@@ -54,7 +54,7 @@ class TrainConfig:
     seed: int = 0
 
     def framing_spec(self) -> Framing:
-        return Framing(self.framing, self.align_scale, self.colour_only)
+        return Framing(self.framing, self.align_scale, "colour" if self.colour_only else "any")
 
 
 class Schedule:
