@@ -189,3 +189,22 @@ def test_planted_solution_on_bundled_generator():
         # output_mse is the error of the image returned (clamped to [0, 1])
         mse = (pulse_ray.downscale(r.image[None], 4) - lr[i:i + 1]).pow(2).mean().item()
         assert mse == pytest.approx(r.output_mse, rel=1e-4, abs=1e-7)
+
+
+def test_grey_lr_is_searched_and_returned_in_luminance(reference):
+    g = small_generator(reference)
+    colour = planted(g, 2, factor=8)
+    luma = torch.tensor([0.299, 0.587, 0.114]).view(1, 3, 1, 1)
+    grey_one_channel = (colour[:1] * luma).sum(1, keepdim=True)  # [1, 1, h, w]
+    grey_rgb = grey_one_channel[0].expand(3, -1, -1)  # R = G = B
+    res = pulse_ray.upsample([grey_one_channel[0], grey_rgb, colour[1]], g, restarts=2, steps=8, early_stop=False,
+                             ids=["g", "g", "c"])  # same id: same seeds
+    for r in res[:2]:
+        assert r.grey
+        assert torch.equal(r.image[0], r.image[1]) and torch.equal(r.image[1], r.image[2])  # returned grey
+        # the reported error is that of the grey image against the grey input
+        err = ((pulse_ray.downscale(r.image[None], 8) - grey_rgb[None]) ** 2).mean().item()
+        assert err == pytest.approx(r.output_mse, rel=1e-4)
+    assert res[0].downscale_mse == pytest.approx(res[1].downscale_mse, rel=1e-5)  # 1 channel == R=G=B
+    assert not res[2].grey
+    assert (res[2].image[0] - res[2].image[1]).abs().max() > 1e-3  # a colour input keeps its colour

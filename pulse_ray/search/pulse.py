@@ -21,6 +21,10 @@ from .losses import l2_per_sample, loss_per_sample, parse_loss
 from .optim import BatchedSphericalOptimizer
 
 NOISE_TYPES = ("zero", "fixed", "trainable")
+#: ITU-R 601 luma weights: a grey LR input is matched, and its result returned, in this luminance
+LUMA = (0.299, 0.587, 0.114)
+#: channels that agree to within 8-bit rounding make an RGB input grey
+GREY_TOLERANCE = 1.5 / 255
 KEEP_RULES = ("realistic", "closest")
 PRECISIONS = ("fp32", "tf32", "bf16")
 
@@ -98,6 +102,7 @@ class SearchResult:
     steps: int  # optimizer steps that restart ran
     seed: int  # the seed of that restart's search
     restarts: list = field(default_factory=list)  # per-restart results with keep_restarts=True
+    grey: bool = False  # the LR input was grey: searched and returned in luminance (R = G = B)
 
 
 def check_lr_size(height: int, width: int, resolution: int) -> int:
@@ -125,6 +130,17 @@ def search_seed(seed: int, key: str, restart: int) -> int:
     """A 63-bit seed from (seed, image id, restart), independent of batching and workers."""
     digest = hashlib.sha256(f"{seed}\x00{key}\x00{restart}".encode()).digest()
     return int.from_bytes(digest[:8], "big") >> 1
+
+
+def is_grey(img: torch.Tensor) -> bool:
+    """A ``[3, h, w]`` image whose channels agree to within 8-bit rounding."""
+    return bool((img.amax(0) - img.amin(0)).max() <= GREY_TOLERANCE)
+
+
+def luminance(images: torch.Tensor) -> torch.Tensor:
+    """``[B, 3, H, W]`` -> the same shape, every channel the ITU-R 601 luma."""
+    w = images.new_tensor(LUMA).view(1, 3, 1, 1)
+    return (images * w).sum(1, keepdim=True).expand_as(images)
 
 
 def _prepare_lr(img: torch.Tensor, index: int) -> torch.Tensor:
@@ -279,11 +295,12 @@ def _upsample(lr_batch, g: Generator, *, restarts, steps, eps, seed, ids, keep_r
     if not images:
         return []
     terms = parse_loss(loss)
-    refs, factors = [], []
+    refs, factors, grey = [], [], []
     for i, img in enumerate(images):
         img = _prepare_lr(img, i)
         factors.append(check_lr_size(img.shape[1], img.shape[2], g.resolution))
-        refs.append(img.to(g.device))
+        grey.append(is_grey(img))
+        refs.append((luminance(img[None])[0] if grey[-1] else img).to(g.device))
 
     queue = [(i, r) for i in range(len(images)) for r in range(restarts)]
     slots = min(len(queue), batch_size or g.default_batch_size())
@@ -322,6 +339,9 @@ def _upsample(lr_batch, g: Generator, *, restarts, steps, eps, seed, ids, keep_r
         w = latent.expand(-1, g.num_layers, -1) if tile_latent else latent
         w = g.latents_from_prior(w)
         hr = (synthesize(w, s.noise_for(rows_dev, trainable)) + 1) / 2
+        grey_rows = torch.tensor([grey[owner[k][0]] for k in active], device=hr.device)
+        if grey_rows.any():  # a grey input is matched (and its result returned) in luminance
+            hr = torch.where(grey_rows.view(-1, 1, 1, 1), luminance(hr), hr)
         total = hr.new_zeros(())
         mse = torch.zeros(len(active))
         totals = torch.zeros(len(active))
@@ -361,7 +381,7 @@ def _upsample(lr_batch, g: Generator, *, restarts, steps, eps, seed, ids, keep_r
                 outcome[(i, r)] = SearchResult(image=image, downscale_mse=float(s.best_mse[k]),
                                                output_mse=float(out_mse), converged=conv,
                                                loss=float(s.best_loss[k]), restart=r,
-                                               steps=done_steps, seed=sd)
+                                               steps=done_steps, seed=sd, grey=grey[i])
                 if conv:
                     converged_images.add(i)
                 fill(k)
@@ -373,5 +393,5 @@ def _upsample(lr_batch, g: Generator, *, restarts, steps, eps, seed, ids, keep_r
         results.append(SearchResult(image=best.image, downscale_mse=best.downscale_mse, output_mse=best.output_mse,
                                     converged=best.converged, loss=best.loss,
                                     restart=best.restart, steps=best.steps, seed=best.seed,
-                                    restarts=runs if keep_restarts else []))
+                                    restarts=runs if keep_restarts else [], grey=grey[i]))
     return results
