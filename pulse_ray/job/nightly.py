@@ -54,7 +54,7 @@ from pulse_ray.io import storage
 from pulse_ray.search.options import SearchOptions
 from pulse_ray.search.options import cli_fields as search_cli_fields
 
-from .discover import (ERROR, FAILED, FINISHED, LEDGER_DIR, NEW, RUNS, STARTED, Manifest, PlanItem, find_manifests,
+from .discover import (ERROR, FAILED, FINISHED, LEDGER_DIR, NEW, STARTED, Manifest, PlanItem, find_manifests,
                        manifest_key, norm_prefix, now, plan, read_entry, write_entry)
 from .options import JobOptions, UsageError, job_fields
 
