@@ -16,7 +16,18 @@ executor gives it the planned CPUs / GPUs). Both executors
 No step raises for a bad row: the row becomes ``status="failed"`` with a precise
 ``error`` / ``error_kind`` and travels on, so every manifest row gets exactly one metadata
 row. Columns the manifest brings (other than ``image``) pass through. A new step (e.g.
-photo alignment before the search, paste-back after it) is one more object in the list.
+photo alignment before the search, paste-back after it) is one more object in the list
+:func:`pulse_ray.job.submit.submit` hands the executor, for example::
+
+    @dataclass(frozen=True)
+    class PasteBackStep:
+        store: Storage
+        name: str = "paste-back"
+        actor: bool = False
+        resources: str = "light"
+
+        def __call__(self, batch: pa.Table) -> pa.Table:
+            ...  # read the columns it needs, add its own; failed rows stay failed
 """
 
 from __future__ import annotations
