@@ -118,7 +118,7 @@ def run_mode(mode: str, g, lr, ids, cfg: dict) -> dict:
     pulse_ray.upsample(lr[:1], g, restarts=min(restarts, 2), steps=2, eps=eps, seed=seed + 1, **warm)
     t0 = time.perf_counter()
     res = pulse_ray.upsample(lr, g, restarts=restarts, steps=steps, eps=eps, seed=seed, ids=ids,
-                             keep_restarts=True, **kwargs)
+                             save_restarts=True, **kwargs)
     seconds = time.perf_counter() - t0
     return {
         "seconds": seconds,

@@ -46,7 +46,10 @@ def main(argv=None) -> int:
 
     import pulse_ray
     from pulse_ray.io import images as imgs
-    from pulse_ray.job.submit import SubmitOptions, submit, worker_runtime_env
+    from pulse_ray.job.cluster import worker_runtime_env
+    from pulse_ray.job.options import JobOptions
+    from pulse_ray.job.submit import submit
+    from pulse_ray.search.options import SearchOptions
 
     g = pulse_ray.load_generator(args.generator)
     lr_size = g.resolution // 4
@@ -90,9 +93,9 @@ def main(argv=None) -> int:
         for w in [int(x) for x in args.workers.split(",") if x]:
             out = os.path.join(tmp, f"out-w{w}")
             t0 = time.perf_counter()
-            s = submit(manifest, out, SubmitOptions(generator=args.generator, restarts=args.restarts,
-                                                    steps=args.steps, workers=w, batch_size=args.batch_size,
-                                                    progress=False, threads_per_worker=args.worker_threads))
+            s = submit(manifest, out, JobOptions(generator=args.generator, workers=w, batch_size=args.batch_size,
+                                                 progress=False, threads_per_worker=args.worker_threads,
+                                                 search=SearchOptions(restarts=args.restarts, steps=args.steps)))
             dt = time.perf_counter() - t0
             results["runs"][f"submit_w{w}"] = {
                 "seconds": dt, "images_per_minute": args.images / dt * 60,

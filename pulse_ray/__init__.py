@@ -6,8 +6,8 @@ recover who the person is.
 
 from .models.checkpoint import CheckpointError
 from .models.generator import DEFAULT_GENERATOR, Generator, bundled_generators, load_generator
-from .search import SearchResult, check_lr_size, downscale, upsample
+from .search import SearchOptions, SearchResult, check_lr_size, downscale, upsample
 
 __version__ = "0.1.0"
-__all__ = ["CheckpointError", "DEFAULT_GENERATOR", "Generator", "SearchResult", "bundled_generators",
+__all__ = ["CheckpointError", "DEFAULT_GENERATOR", "Generator", "SearchOptions", "SearchResult", "bundled_generators",
            "check_lr_size", "downscale", "load_generator", "upsample"]

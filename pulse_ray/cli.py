@@ -13,6 +13,11 @@ from typing import List, Optional
 import typer
 from typing_extensions import Annotated
 
+from pulse_ray.cli_options import field_subset, with_options
+from pulse_ray.job.options import JobOptions, job_fields
+from pulse_ray.search.options import OptionError, SearchOptions
+from pulse_ray.search.options import cli_fields as search_cli_fields
+
 app = typer.Typer(
     name="pulse-ray",
     help="PULSE face super-resolution (latent search in a frozen StyleGAN) as a batch job on Ray.",
@@ -20,8 +25,6 @@ app = typer.Typer(
     add_completion=False,
     pretty_exceptions_enable=False,
 )
-KEEP_HELP = ("Which result a search keeps: 'realistic' (PULSE's rule: of the images that downscale to within "
-             "eps, the most realistic by the search's loss) or 'closest' (the lowest downscale error).")
 
 
 def _err(msg: str) -> None:
@@ -35,12 +38,10 @@ def _fail_usage(msg: str) -> None:
 
 def _run_tool(s3_endpoint_url, fn, *args, **kwargs):
     """Run a file tool: bad input is exit 2, anything else exit 1."""
-    from pulse_ray.io import storage
+    from pulse_ray.io.storage import Storage
 
-    if s3_endpoint_url:
-        storage.set_s3_endpoint_url(s3_endpoint_url)
     try:
-        return fn(*args, **kwargs)
+        return fn(*args, store=Storage(s3_endpoint_url), **kwargs)
     except (ValueError, FileNotFoundError) as exc:
         _fail_usage(str(exc))
     except Exception as exc:
@@ -57,52 +58,33 @@ def _report(done: str, skipped: list) -> None:
         typer.echo(f"  ... and {len(skipped) - 20} more", err=True)
 
 
+def _options(opts: dict) -> JobOptions:
+    """The command line's values as options; a bad value is exit 2."""
+    try:
+        return JobOptions(search=SearchOptions(**opts.get("search", {})), **opts.get("job", {}))
+    except OptionError as exc:
+        _fail_usage(str(exc))
+
+
 # ----------------------------------------------------------------------------- submit
 
 
 @app.command()
+@with_options(job=(JobOptions, job_fields(cli_only=True)), search=(SearchOptions, search_cli_fields()))
 def submit(
     manifest: Annotated[str, typer.Argument(help="Parquet file, folder or s3:// prefix of Parquet files (columns: id + uri and/or image).")],
     output: Annotated[str, typer.Option("--output", "-o", help="Output folder or s3:// prefix.")],
-    generator: Annotated[Optional[str], typer.Option(help="Generator name, path or URI (default: bundled).")] = None,
-    restarts: Annotated[int, typer.Option(help="Restarts of the latent search per image.")] = 4,
-    steps: Annotated[int, typer.Option(help="Optimisation steps per restart.")] = 100,
-    eps: Annotated[float, typer.Option(help="Downscale-MSE threshold for 'converged'.")] = 2e-3,
-    seed: Annotated[int, typer.Option(help="Base seed (per image and restart seeds derive from it).")] = 0,
-    workers: Annotated[Optional[int], typer.Option(help="Search actors (default: one per GPU, else one per CPU core). "
-                                                   "On an autoscaling cluster pass it to scale out: without it "
-                                                   "the job uses the GPUs present when it starts (at least one).")] = None,
-    gpus_per_worker: Annotated[float, typer.Option(help="GPUs per search actor (default: 1 when the cluster has GPUs).")] = 0.0,
-    batch_size: Annotated[Optional[int], typer.Option(help="Images per search batch (default: 16 on GPU, 4 on CPU).")] = None,
-    address: Annotated[Optional[str], typer.Option(help="Ray cluster: 'auto' or ray://host:port (default: embedded Ray).")] = None,
-    overwrite: Annotated[bool, typer.Option(help="Redo ids that already have an ok row.")] = False,
-    dry_run: Annotated[bool, typer.Option(help="Validate the manifest and plan; run and write nothing.")] = False,
-    keep_restarts: Annotated[bool, typer.Option(help="Also write every restart (OUT/sr/<id>/r<k>.png, OUT/restarts/).")] = False,
-    keep: Annotated[str, typer.Option(help=KEEP_HELP)] = "realistic",
-    s3_endpoint_url: Annotated[Optional[str], typer.Option(help="S3-compatible endpoint (default: $AWS_ENDPOINT_URL).")] = None,
-    wait_for_resources: Annotated[float, typer.Option(
-        metavar="SECONDS",
-        help="With --address and GPUs: how long to wait for the Ray autoscaler to add them before failing (exit 1).",
-    )] = 600.0,
-    num_cpus: Annotated[Optional[int], typer.Option(help="Embedded Ray only: CPUs to use (default: all).")] = None,
-    threads_per_worker: Annotated[Optional[int], typer.Option(
-        help="Torch CPU threads per search actor (default: the actor's share of the cores).")] = None,
     json_summary: Annotated[bool, typer.Option("--json", help="Print the summary as JSON on stdout.")] = False,
     quiet: Annotated[bool, typer.Option("--quiet", "-q", help="No progress lines.")] = False,
+    opts: dict = None,
 ):
     """Run the batch job: a manifest of LR images in; OUT/sr/<id>.png and OUT/metadata/ out."""
-    from pulse_ray.job.submit import ManifestError, ResourcesUnavailable, SubmitOptions, UsageError, format_summary
+    from pulse_ray.job.submit import ManifestError, ResourcesUnavailable, UsageError, format_summary
     from pulse_ray.job.submit import submit as run_submit
 
-    opts = SubmitOptions(
-        generator=generator, restarts=restarts, steps=steps, eps=eps, seed=seed, workers=workers,
-        gpus_per_worker=gpus_per_worker, batch_size=batch_size, address=address, overwrite=overwrite,
-        dry_run=dry_run, keep_restarts=keep_restarts, keep=keep, s3_endpoint_url=s3_endpoint_url,
-        wait_for_resources=wait_for_resources, num_cpus=num_cpus, progress=not quiet,
-        threads_per_worker=threads_per_worker,
-    )
+    options = _options({"job": {**opts["job"], "progress": not quiet}, "search": opts["search"]})
     try:
-        summary = run_submit(manifest, output, opts)
+        summary = run_submit(manifest, output, options)
     except (ManifestError, UsageError) as exc:
         _fail_usage(str(exc))
     except KeyboardInterrupt:
@@ -130,13 +112,11 @@ def status(
     s3_endpoint_url: Annotated[Optional[str], typer.Option(help="S3-compatible endpoint.")] = None,
 ):
     """Counts by status, converged share, error reasons and timing percentiles of OUT."""
-    from pulse_ray.io import storage
+    from pulse_ray.io.storage import Storage
     from pulse_ray.job.status import format_status, job_status
 
-    if s3_endpoint_url:
-        storage.set_s3_endpoint_url(s3_endpoint_url)
     try:
-        s = job_status(output)
+        s = job_status(output, Storage(s3_endpoint_url))
     except Exception as exc:
         _err(f"cannot read the metadata of {output}: {type(exc).__name__}: {exc}")
         raise typer.Exit(1)
@@ -155,7 +135,7 @@ def make_manifest(
     s3_endpoint_url: Annotated[Optional[str], typer.Option(help="S3-compatible endpoint.")] = None,
 ):
     """Images -> manifest (id, uri) or, with --align, (id, image, source_uri)."""
-    from pulse_ray.job.tools import make_manifest as run
+    from pulse_ray.tools import make_manifest as run
 
     res = _run_tool(s3_endpoint_url, run, src, output, align=align, lr_size=lr_size)
     _report(f"wrote {output}: {res.written} rows", res.skipped)
@@ -172,7 +152,7 @@ def downscale(
     s3_endpoint_url: Annotated[Optional[str], typer.Option(help="S3-compatible endpoint.")] = None,
 ):
     """HR images -> LR images with the degradation the search inverts."""
-    from pulse_ray.job.tools import downscale_images
+    from pulse_ray.tools import downscale_images
 
     res = _run_tool(s3_endpoint_url, downscale_images, src, output, factor)
     _report(f"wrote {res.written} LR image(s) to {output}", res.skipped)
@@ -182,28 +162,18 @@ def downscale(
 
 
 @app.command()
+@with_options(job=(JobOptions, field_subset(JobOptions, ["generator", "batch_size"])),
+              search=(SearchOptions, [f for f in search_cli_fields() if f.name != "save_restarts"]))
 def upsample(
     inputs: Annotated[List[str], typer.Argument(help="LR image files and/or folders of them.")],
     output: Annotated[str, typer.Option("--output", "-o", help="Folder for <stem>.png and metadata.parquet.")],
-    generator: Annotated[Optional[str], typer.Option(help="Generator name, path or URI (default: bundled).")] = None,
-    restarts: Annotated[int, typer.Option(help="Restarts per image.")] = 4,
-    steps: Annotated[int, typer.Option(help="Optimisation steps per restart.")] = 100,
-    eps: Annotated[float, typer.Option(help="Downscale-MSE threshold for 'converged'.")] = 2e-3,
-    seed: Annotated[int, typer.Option(help="Base seed.")] = 0,
-    batch_size: Annotated[int, typer.Option(help="Images per search batch.")] = 4,
-    keep: Annotated[str, typer.Option(help=KEEP_HELP)] = "realistic",
+    opts: dict = None,
 ):
     """Super-resolve images in this process (no Ray); prints each image's downscale MSE."""
-    from pulse_ray.job.local import upsample_files
-    from pulse_ray.search.pulse import KEEP_RULES
+    from pulse_ray.job.in_process import upsample_files
+    from pulse_ray.job.search_step import SearchStep
 
-    for name, v, lo in (("--restarts", restarts, 1), ("--steps", steps, 1), ("--batch-size", batch_size, 1)):
-        if v < lo:
-            _fail_usage(f"{name} must be >= {lo} (got {v})")
-    if not eps > 0:
-        _fail_usage(f"--eps must be > 0 (got {eps})")
-    if keep not in KEEP_RULES:
-        _fail_usage(f"--keep must be one of {', '.join(KEEP_RULES)} (got {keep!r})")
+    options = _options(opts)
 
     def show(row):
         if row["status"] == "ok":
@@ -212,8 +182,8 @@ def upsample(
             typer.echo(f"{row['id']}: FAILED {row['error']}")
 
     try:
-        res = upsample_files(inputs, output, generator=generator, restarts=restarts, steps=steps, eps=eps,
-                             seed=seed, batch_size=batch_size, keep=keep, on_row=show)
+        res = upsample_files(inputs, output, SearchStep(options.search, options.generator),
+                             batch_size=options.batch_size or 4, on_row=show)
     except (ValueError, FileNotFoundError) as exc:
         _fail_usage(str(exc))
     except KeyboardInterrupt:

@@ -56,13 +56,13 @@ def build_mapping(state_dict: dict, where: str) -> MappingNetwork:
     return mapping.eval()
 
 
-def _write(uri: str, write_local) -> None:
+def _write(uri: str, write_local, store: storage.Storage) -> None:
     """Write through ``write_local(path)`` atomically to a local path or an S3 URI."""
     if storage.is_s3(uri):
         with tempfile.TemporaryDirectory(prefix="fit-gaussian-") as tmp:
             path = os.path.join(tmp, "checkpoint.pt")
             write_local(path)
-            storage.write_bytes(uri, Path(path).read_bytes())  # one PUT: atomic
+            store.write_bytes(uri, Path(path).read_bytes())  # one PUT: atomic
         return
     path = storage.local_path(uri)
     folder = os.path.dirname(os.path.abspath(path))
@@ -82,15 +82,17 @@ def _save_bare_fit(path: str, fit: dict) -> None:
 
 
 def fit_checkpoint(checkpoint: str, output: str | None = None, samples: int = PULSE_SAMPLES, seed: int = 0,
-                   device: str = "auto", log=print) -> dict:
-    """Compute the fit for ``checkpoint`` and write it to ``output`` (default: in place).
+                   device: str = "auto", log=print, store: storage.Storage | None = None) -> dict:
+    """Compute the fit for ``checkpoint`` and write it to ``output`` (default: in place), through
+    ``store`` (default: the environment's S3 endpoint).
 
     Returns the fit ``{"mean", "std"}``. Raises :class:`FitError` for unusable input.
     """
     if samples < 2:
         raise FitError(f"--samples must be at least 2, got {samples}")
+    store = store or storage.Storage()
     try:
-        data = storage.read_bytes(checkpoint)
+        data = store.read_bytes(checkpoint)
     except storage.StorageError as exc:
         raise FitError(str(exc)) from None
     try:
@@ -126,12 +128,12 @@ def fit_checkpoint(checkpoint: str, output: str | None = None, samples: int = PU
         "(averaged over the 512 dimensions)")
 
     if bare_mapping:
-        _write(target, lambda path: _save_bare_fit(path, fit))
+        _write(target, lambda path: _save_bare_fit(path, fit), store)
     else:
         meta = dict(parts["meta"])
         meta["gaussian_fit"] = {"samples": int(samples), "seed": int(seed),
                                 "slope": 5.0, "created": time.strftime("%Y-%m-%dT%H:%M:%SZ", time.gmtime())}
-        _write(target, lambda path: save_checkpoint(path, parts["synthesis"], parts["mapping"], fit, meta))
+        _write(target, lambda path: save_checkpoint(path, parts["synthesis"], parts["mapping"], fit, meta), store)
     log(f"wrote the gaussian fit to {target}")
     return fit
 
@@ -155,11 +157,9 @@ def build_parser() -> argparse.ArgumentParser:
 
 def main(argv: list[str] | None = None) -> int:
     args = build_parser().parse_args(argv)
-    if args.s3_endpoint_url:
-        storage.set_s3_endpoint_url(args.s3_endpoint_url)
     try:
         fit_checkpoint(args.checkpoint, output=args.output, samples=args.samples, seed=args.seed,
-                       device=args.device)
+                       device=args.device, store=storage.Storage(args.s3_endpoint_url))
     except FitError as exc:
         print(f"error: {exc}", file=sys.stderr)
         return 2

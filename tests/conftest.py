@@ -1,6 +1,10 @@
 """Shared fixtures: fake AWS credentials, a real S3 endpoint on loopback (moto's
-server mode), an embedded Ray (2 CPUs), small image helpers and fakes for
-stage unit tests.
+server mode), an embedded Ray (2 CPUs), small image helpers, and the seams that
+replace or wrap a job step (a fake search, a search that kills its worker once, a
+driver interrupt): production code has no test-only arguments.
+
+The tests read fixtures and face data from ``../shared`` beside the checkout
+(``shared/fixtures``, ``shared/data``); without it the run stops at collection.
 
 Never real credentials: every AWS variable a test process could pick up is
 replaced for the whole session (before Ray starts, so Ray workers inherit the
@@ -9,6 +13,7 @@ fakes too) and the shared config / credentials files are pointed at nothing.
 
 from __future__ import annotations
 
+import importlib
 import io
 import os
 import sys
@@ -22,6 +27,13 @@ TESTS_DIR = os.path.dirname(os.path.abspath(__file__))
 REPO = os.path.dirname(TESTS_DIR)
 if REPO not in sys.path:
     sys.path.insert(0, REPO)
+SHARED = os.path.join(os.path.dirname(REPO), "shared")
+
+
+def pytest_configure(config):
+    if not os.path.isdir(os.path.join(SHARED, "fixtures")):
+        raise pytest.UsageError(f"the tests need the shared fixtures and data beside the checkout: "
+                                f"{os.path.join(SHARED, 'fixtures')} is missing (see README.md, Tests)")
 
 FAKE_AWS = {
     "AWS_ACCESS_KEY_ID": "testing",
@@ -46,15 +58,6 @@ def _fake_aws_env():
         mp.setenv(k, v)
     yield
     mp.undo()
-
-
-@pytest.fixture(autouse=True)
-def _reset_storage_endpoint():
-    """``set_s3_endpoint_url`` is process-wide; no test leaks it into the next."""
-    from pulse_ray.io import storage
-
-    yield
-    storage._endpoint_override = None
 
 
 # ----------------------------------------------------------------------------- S3 (moto server)
@@ -115,7 +118,7 @@ def ray_cluster(_fake_aws_env):
 
     if ray.is_initialized():  # left over from a module that did not shut down
         ray.shutdown()
-    from pulse_ray.job.submit import worker_runtime_env
+    from pulse_ray.job.cluster import worker_runtime_env
 
     env = worker_runtime_env()
     env["env_vars"]["PYTHONPATH"] = os.pathsep.join([env["env_vars"]["PYTHONPATH"], TESTS_DIR])
@@ -182,13 +185,14 @@ def bomb_png(width: int = 100_000, height: int = 100_000) -> bytes:
     return b"\x89PNG\r\n\x1a\n" + chunk(b"IHDR", ihdr) + chunk(b"IDAT", idat) + chunk(b"IEND", b"")
 
 
-# ----------------------------------------------------------------------------- fakes (stage unit tests)
+# ----------------------------------------------------------------------------- fakes and step seams
 
 
 class FakeGen:
     resolution = 32
     name = "fake32"
     num_layers = 8
+    source_sha256 = None
 
     def to(self, device):
         return self
@@ -205,19 +209,107 @@ class FakeResult:
     restarts: list = field(default_factory=list)
     output_mse: float = 1e-3
     loss: float = 0.25
+    grey: bool = False
 
 
-def fake_upsample(lrs, generator, restarts, steps, eps, seed, ids=None, keep_restarts=False, keep="realistic"):
-    """Nearest-neighbour 'search': deterministic, instant."""
+def fake_upsample(lrs, generator, options):
+    """Nearest-neighbour 'search': deterministic, instant (honours restarts, steps, seed, save_restarts)."""
     import torch
 
-    if keep not in ("realistic", "closest"):
-        raise ValueError(f"unknown keep rule {keep!r}")
-
+    o = options
     out = []
     for lr in lrs:
         f = generator.resolution // lr.shape[-1]
         img = torch.nn.functional.interpolate(lr[None, :3], scale_factor=f, mode="nearest")[0]
-        rs = [FakeResult(img, 1e-3 * (k + 1), True, k, steps, seed + k) for k in range(restarts)] if keep_restarts else []
-        out.append(FakeResult(img, 1e-3, True, 0, steps, seed, rs))
+        rs = [FakeResult(img, 1e-3 * (k + 1), True, k, o.steps, o.seed + k) for k in range(o.restarts)] \
+            if o.save_restarts else []
+        out.append(FakeResult(img, 1e-3, True, 0, o.steps, o.seed, rs))
     return out
+
+
+from pulse_ray.job.search_step import SearchStep  # noqa: E402  (after the sys.path set-up above)
+
+
+@dataclass
+class FakeSearchStep(SearchStep):
+    """The search step with a 32-px fake generator and :func:`fake_upsample` (or ``upsample_fn``,
+    called as ``fn(lrs, generator, options)``); picklable, so Ray actors run it too."""
+
+    upsample_fn: object = None
+
+    def load_generator(self):
+        return FakeGen()
+
+    def search(self, lrs, ids):
+        return (self.upsample_fn or fake_upsample)(lrs, self.g, self.options)
+
+
+@dataclass
+class KillOnceSearchStep(SearchStep):
+    """Wraps the search step: the first batch ever seen (across actor restarts) kills the
+    actor's process outright, as an OOM kill or a lost node would; ``marker`` records the pid."""
+
+    marker: str = ""
+
+    def __call__(self, table):
+        if not os.path.exists(self.marker):
+            with open(self.marker, "w") as f:
+                f.write(str(os.getpid()))
+            os._exit(1)
+        return super().__call__(table)
+
+
+@pytest.fixture
+def fake_search(monkeypatch):
+    """``submit`` runs :class:`FakeSearchStep` instead of the real search."""
+    monkeypatch.setattr(importlib.import_module("pulse_ray.job.submit"), "SearchStep", FakeSearchStep)
+    return FakeSearchStep
+
+
+@pytest.fixture
+def kill_first_search_batch(monkeypatch, tmp_path):
+    """``submit``'s search step kills its worker on the first batch, once; returns the marker file."""
+    import functools
+
+    marker = tmp_path / "killed"
+    monkeypatch.setattr(importlib.import_module("pulse_ray.job.submit"), "SearchStep",
+                        functools.partial(KillOnceSearchStep, marker=str(marker)))
+    return marker
+
+
+@pytest.fixture
+def interrupt_after():
+    """``with interrupt_after(n): submit(...)``: the driver gets a KeyboardInterrupt (as from
+    Ctrl-C) once ``n`` rows are done."""
+    import contextlib
+
+    from pulse_ray.job.progress import Progress
+
+    @contextlib.contextmanager
+    def arm(n: int):
+        original = Progress.update
+
+        def update(self, ok, failed):
+            original(self, ok, failed)
+            if self.ok + self.failed >= n:
+                raise KeyboardInterrupt(f"test interrupt after {self.ok + self.failed} rows")
+
+        Progress.update = update
+        try:
+            yield
+        finally:
+            Progress.update = original
+
+    return arm
+
+
+def job_options(**kw):
+    """``JobOptions`` from one flat set of keywords (search fields go to its ``search``), as the flags are."""
+    import dataclasses
+
+    from pulse_ray.job.options import JobOptions
+    from pulse_ray.search.options import SearchOptions
+
+    names = {f.name for f in dataclasses.fields(SearchOptions)} - {"batch_size"}
+    search = SearchOptions(**{k: kw.pop(k) for k in list(kw) if k in names})
+    return JobOptions(search=search, **kw)

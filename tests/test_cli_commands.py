@@ -87,6 +87,12 @@ def test_make_manifest_downscale_dry_run_and_upsample(tmp_path, generator):
     assert r.exit_code == 0, r.output
     assert "dry run" in r.output and "to do      3 rows" in r.output
     assert not (tmp_path / "out").exists()
+    # --keep-restarts, the old spelling of --save-restarts, still works and says so
+    r = _invoke(["submit", tmp_path / "m.parquet", "-o", tmp_path / "out", "--dry-run", "--keep-restarts", *GEN])
+    assert r.exit_code == 0, r.output
+    assert "--keep-restarts is deprecated; use --save-restarts" in r.output and "dry run" in r.output
+    r = _invoke(["submit", tmp_path / "m.parquet", "-o", tmp_path / "out", "--dry-run", "--workers", 0, *GEN])
+    assert r.exit_code == 2 and "--workers must be >= 1" in r.output
 
     r = _invoke(["upsample", tmp_path / "lr" / "a.png", "--output", tmp_path / "up", "--keep", "prettiest", *GEN])
     assert r.exit_code == 2 and "--keep must be one of realistic, closest" in r.output

@@ -74,15 +74,20 @@ def test_s3_roundtrip_list_exists_delete(s3):
 
 
 def test_s3_endpoint_override_and_arrow_filesystem(s3, monkeypatch):
-    # the explicit override (--s3-endpoint-url) works without AWS_ENDPOINT_URL
+    # the explicit endpoint (--s3-endpoint-url) works without AWS_ENDPOINT_URL, and sets nothing process-wide
     monkeypatch.delenv("AWS_ENDPOINT_URL")
-    storage.set_s3_endpoint_url(s3.endpoint)
+    store = storage.Storage(s3_endpoint_url=s3.endpoint)
     uri = s3.uri("tables/t.parquet")
-    fs, path = storage.arrow_filesystem(uri)
+    fs, path = store.arrow_filesystem(uri)
     pq.write_table(pa.table({"id": ["a", "b"]}), path, filesystem=fs)
     assert pq.read_table(path, filesystem=fs).column("id").to_pylist() == ["a", "b"]
     assert s3.keys("tables/") == ["tables/t.parquet"]
-    assert storage.exists(uri)
+    assert store.exists(uri)
+    assert "AWS_ENDPOINT_URL" not in os.environ and storage.Storage().endpoint() is None
+    # frozen and picklable: it travels to Ray workers with the steps
+    import pickle
+
+    assert pickle.loads(pickle.dumps(store)) == store and pickle.loads(pickle.dumps(store)).exists(uri)
 
 
 def test_s3_errors_do_not_leak_credentials(s3):

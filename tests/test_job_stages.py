@@ -1,39 +1,57 @@
-"""The job's stages and metadata, in-process (no Ray), with a fake search."""
+"""The job's steps and metadata, in-process (no Ray), with a fake search."""
 
 from __future__ import annotations
 
 import os
 from datetime import datetime, timedelta, timezone
 
+import numpy as np
 import pyarrow as pa
 import pytest
 
 from pulse_ray.io import storage
 from pulse_ray.io.manifest import write_table
 from pulse_ray.job import metadata as md
-from pulse_ray.job.stages import SearchStage, prepare_batch, write_batch
+from pulse_ray.job.in_process import InProcessExecutor
+from pulse_ray.job.output import Output
+from pulse_ray.job.steps import PrepareStep, Step
+from pulse_ray.job.write_step import WriteStep
+from pulse_ray.search.options import SearchOptions
 
-from .conftest import FakeGen, bomb_png, fake_upsample, png_bytes
-
-
-def _run(table, out, keep_restarts=False, skip=frozenset()):
-    t = prepare_batch(table, resolution=32, bases=[], skip_ids=skip)
-    t = SearchStage(upsample_fn=fake_upsample, generator_obj=FakeGen(), restarts=2, steps=3,
-                    keep_restarts=keep_restarts)(t)
-    return write_batch(t, out=out, keep_restarts=keep_restarts)
+from .conftest import FakeSearchStep, bomb_png, png_bytes
 
 
-def test_search_stage_hands_the_keep_rule_to_the_search():
+def _search(upsample_fn=None, **search):
+    step = FakeSearchStep(SearchOptions(**search), upsample_fn=upsample_fn)
+    step.setup()
+    return step
+
+
+def _run(table, out, save_restarts=False, skip=frozenset()):
+    steps = [PrepareStep(32, skip_ids=skip), _search(restarts=2, steps=3, save_restarts=save_restarts),
+             WriteStep(Output(out), save_restarts)]
+    return pa.concat_tables(InProcessExecutor(batch_size=len(table)).run([table], steps))
+
+
+def test_every_step_follows_the_step_protocol(tmp_path):
+    for step in (PrepareStep(32), _search(), WriteStep(Output(str(tmp_path)))):
+        assert isinstance(step, Step) and step.name in ("prepare", "search", "write")
+    assert [s.actor for s in (PrepareStep(32), _search(), WriteStep(Output(str(tmp_path))))] == [False, True, False]
+
+
+def test_search_step_hands_the_keep_rule_to_the_search():
     seen = []
 
-    def recording(*args, **kwargs):
-        seen.append(kwargs["keep"])
-        return fake_upsample(*args, **kwargs)
+    def recording(lrs, generator, options):
+        seen.append(options.keep)
+        from .conftest import fake_upsample
+
+        return fake_upsample(lrs, generator, options)
 
     table = pa.table({"id": ["a"], "image": [png_bytes(8, 8)]})
     for keep in ("closest", "realistic"):
-        t = prepare_batch(table, resolution=32, bases=[])
-        out = SearchStage(upsample_fn=recording, generator_obj=FakeGen(), restarts=1, steps=1, keep=keep)(t)
+        t = PrepareStep(32)(table)
+        out = _search(recording, restarts=1, steps=1, keep=keep)(t)
         assert out.column("status").to_pylist() == ["ok"]
     assert seen == ["closest", "realistic"]
 
@@ -104,10 +122,10 @@ def test_bad_rows_become_failed_rows_and_good_ones_complete(tmp_path):
     assert [w for w in written if not w.startswith("metadata/")] == ["sr/good/bytes.png", "sr/good/uri.png"]
 
 
-def test_keep_restarts_and_skip_ids(tmp_path):
+def test_save_restarts_and_skip_ids(tmp_path):
     table = pa.table({"id": ["a", "b"], "image": pa.array([png_bytes(8, 8, 1), png_bytes(8, 8, 2)], pa.binary())})
     out = str(tmp_path / "o")
-    prog = _run(table, out, keep_restarts=True, skip=frozenset({"b"}))
+    prog = _run(table, out, save_restarts=True, skip=frozenset({"b"}))
     assert prog.column("id").to_pylist() == ["a"]
     assert sorted(os.listdir(os.path.join(out, "sr", "a"))) == ["r0.png", "r1.png"]
     r = md.read_restarts(out)
@@ -116,14 +134,16 @@ def test_keep_restarts_and_skip_ids(tmp_path):
 
 
 def test_search_failure_is_isolated_to_its_row(tmp_path):
-    def flaky(lrs, generator, **kw):
+    from .conftest import fake_upsample
+
+    def flaky(lrs, generator, options):
         if any(lr.shape[-1] == 4 for lr in lrs):
             raise RuntimeError("boom on 4 px")
-        return fake_upsample(lrs, generator, **kw)
+        return fake_upsample(lrs, generator, options)
 
     t = pa.table({"id": ["a", "b"], "image": pa.array([png_bytes(8, 8), png_bytes(4, 4)], pa.binary())})
-    t = prepare_batch(t, resolution=32)
-    t = SearchStage(upsample_fn=flaky, generator_obj=FakeGen(), restarts=1, steps=1)(t)
+    t = PrepareStep(32)(t)
+    t = _search(flaky, restarts=1, steps=1)(t)
     st = dict(zip(t.column("id").to_pylist(), t.column("status").to_pylist()))
     assert st == {"a": "ok", "b": "failed"}
     assert "boom on 4 px" in t.column("error").to_pylist()[1]
@@ -159,18 +179,18 @@ def test_part_names_are_deterministic():
     assert md.part_name(["a", "b"]) == md.part_name(["a", "b"]) != md.part_name(["a", "c"])
 
 
-def test_keep_restarts_layout_refuses_ids_that_would_collide(tmp_path):
+def test_save_restarts_layout_refuses_ids_that_would_collide(tmp_path):
     """``a`` keeps its restarts at sr/a/r<k>.png; an id ``a/r0`` would be the same file: it fails."""
-    from pulse_ray.job.stages import is_restart_name
+    from pulse_ray.job.output import is_restart_name
 
     assert is_restart_name("a/r0") and is_restart_name("x/y/r12")
     assert not any(is_restart_name(i) for i in ("r0", "a/r", "a/r0.png", "a/rx1", "a/b", "ar0"))
     ids = ["a", "a/r0", "a/r7", "b/r1x", "r0"]
     table = pa.table({"id": ids, "image": pa.array([png_bytes(8, 8, k) for k in range(len(ids))], pa.binary())})
     out = str(tmp_path / "o")
-    t = prepare_batch(table, resolution=32, reserve_restart_names=True)
-    t = SearchStage(upsample_fn=fake_upsample, generator_obj=FakeGen(), restarts=2, steps=1, keep_restarts=True)(t)
-    write_batch(t, out=out, keep_restarts=True)
+    t = PrepareStep(32, reserve_restart_names=True)(table)
+    t = _search(restarts=2, steps=1, save_restarts=True)(t)
+    WriteStep(Output(out), save_restarts=True)(t)
     by = {r["id"]: r for r in md.read_metadata(out).to_pylist()}
     assert [i for i in ids if by[i]["status"] == "ok"] == ["a", "b/r1x", "r0"]
     for rid in ("a/r0", "a/r7"):
@@ -183,22 +203,21 @@ def test_keep_restarts_layout_refuses_ids_that_would_collide(tmp_path):
         ["sr/a.png", "sr/b/r1x.png", "sr/r0.png"] + [os.path.relpath(u, out) for u in uris.values()])
     assert len(set(written)) == len(written) == 9 + len(md.metadata_files(out)) + len(md.metadata_files(out, "restarts"))
     # without restart images in the output the same ids are fine
-    t = prepare_batch(table, resolution=32)
+    t = PrepareStep(32)(table)
     assert t.column("status").to_pylist() == ["ok"] * len(ids)
 
 
-def test_keep_restarts_into_an_output_with_clashing_results_is_a_usage_error(tmp_path):
-    from pulse_ray.job.submit import SubmitOptions, UsageError, submit
+def test_save_restarts_into_an_output_with_clashing_results_is_a_usage_error(tmp_path, fake_search):
+    from pulse_ray.job.submit import JobOptions, UsageError, submit
 
     out = str(tmp_path / "o")
     table = pa.table({"id": ["a", "a/r1"], "image": pa.array([png_bytes(8, 8, 1), png_bytes(8, 8, 2)], pa.binary())})
-    _run(table, out)  # without --keep-restarts: both ok, sr/a.png and sr/a/r1.png
+    _run(table, out)  # without --save-restarts: both ok, sr/a.png and sr/a/r1.png
     manifest = str(tmp_path / "m.parquet")
     write_table(table, manifest)
     before = sorted(os.listdir(os.path.join(out, "sr", "a")))
-    with pytest.raises(UsageError, match=r"--keep-restarts: .* 1 id\(s\) ending in /r<number> \(e.g. 'a/r1'\)"):
-        submit(manifest, out, SubmitOptions(keep_restarts=True, overwrite=True, progress=False),
-               _generator=FakeGen(), _upsample_fn=fake_upsample)
+    with pytest.raises(UsageError, match=r"--save-restarts: .* 1 id\(s\) ending in /r<number> \(e.g. 'a/r1'\)"):
+        submit(manifest, out, JobOptions(search=SearchOptions(save_restarts=True), overwrite=True, progress=False))
     assert sorted(os.listdir(os.path.join(out, "sr", "a"))) == before == ["r1.png"]
 
 
@@ -225,10 +244,30 @@ def test_metadata_parts_from_before_a_column_existed_read_as_null(tmp_path):
     now = datetime.now(timezone.utc)
     full = pa.schema(md.METADATA_FIELDS)
     row = {**{f.name: None for f in md.METADATA_FIELDS}, "status": "ok", "finished_at": now}
-    write_table(pa.Table.from_pylist([{**row, "id": "new", "keep": "closest", "search_loss": 0.3}], schema=full),
+    write_table(pa.Table.from_pylist([{**row, "id": "new", "keep": "closest", "search_loss": 0.3,
+                                                   "grey": True}], schema=full),
                 storage.join(out, md.METADATA_DIR, "part-new.parquet"))
-    old = pa.schema([f for f in md.METADATA_FIELDS if f.name not in ("keep", "search_loss")])  # before 2026-11-28
+    old = pa.schema([f for f in md.METADATA_FIELDS if f.name not in ("keep", "search_loss", "grey")])  # before 2026-11-28
     write_table(pa.Table.from_pylist([{k: v for k, v in {**row, "id": "old"}.items() if k in old.names}], schema=old),
                 storage.join(out, md.METADATA_DIR, "part-old.parquet"))
-    got = {r["id"]: (r["keep"], r["search_loss"]) for r in md.read_metadata(out).to_pylist()}
-    assert got == {"new": ("closest", 0.3), "old": (None, None)}
+    got = {r["id"]: (r["keep"], r["search_loss"], r["grey"]) for r in md.read_metadata(out).to_pylist()}
+    assert got == {"new": ("closest", 0.3, True), "old": (None, None, None)}
+
+
+def test_a_grey_input_is_recorded_and_written_grey(tmp_path):
+    """The real search step on the bundled generator: a grey LR comes back grey with grey=True."""
+    from pulse_ray.job.search_step import SearchStep
+
+    table = pa.table({"id": ["grey", "colour"], "image": [png_bytes(8, 8, 3, mode="L"), png_bytes(8, 8, 4)]})
+    search = SearchStep(SearchOptions(restarts=1, steps=2))
+    search.setup()
+    steps = [PrepareStep(search.g.resolution), search, WriteStep(Output(str(tmp_path)))]
+    list(InProcessExecutor(batch_size=2).run([table], steps))
+    rows = {r["id"]: r for r in md.read_metadata(str(tmp_path)).to_pylist()}
+    assert rows["grey"]["grey"] is True and rows["colour"]["grey"] is False
+    from PIL import Image
+
+    grey = np.asarray(Image.open(rows["grey"]["sr_uri"].removeprefix("file://")).convert("RGB")).astype(int)
+    colour = np.asarray(Image.open(rows["colour"]["sr_uri"].removeprefix("file://")).convert("RGB")).astype(int)
+    assert (grey.max(2) - grey.min(2)).max() == 0
+    assert (colour.max(2) - colour.min(2)).max() > 0

@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import json
 import math
 import os
 
@@ -14,9 +15,10 @@ from pulse_ray.io import storage
 from pulse_ray.io.manifest import ManifestError, write_table
 from pulse_ray.job import metadata as md
 from pulse_ray.job.status import job_status
-from pulse_ray.job.submit import SubmitOptions, UsageError, submit
+from pulse_ray.job.submit import UsageError, submit
+from pulse_ray.search.options import OptionError
 
-from .conftest import GENERATOR_SOURCE, bomb_png, png_bytes
+from .conftest import GENERATOR_SOURCE, bomb_png, job_options, png_bytes
 
 FEW = dict(restarts=2, steps=3, workers=2, batch_size=2, progress=False, generator=GENERATOR_SOURCE)
 
@@ -56,7 +58,7 @@ def test_local_end_to_end_mixed_rows_bad_inputs_then_resume(ray_cluster, generat
         [("id", pa.string()), ("image", pa.binary()), ("uri", pa.string()), ("tag", pa.string())])), manifest)
     out = str(tmp_path / "out")
 
-    s = submit(manifest, out, SubmitOptions(**FEW))
+    s = submit(manifest, out, job_options(**FEW))
     assert (s.total, s.ok, s.failed, s.skipped, s.processed) == (9, 4, 5, 0, 9)
     by = _one_row_per_id(out, [r["id"] for r in rows])
     for rid in ("bytes/one", "bytes/two", "uri-relative", "uri-abs"):
@@ -79,16 +81,23 @@ def test_local_end_to_end_mixed_rows_bad_inputs_then_resume(ray_cluster, generat
     assert "decompression bomb" in by["bomb"]["error"]
     # nothing outside OUT, nothing but sr/ and metadata/ inside
     assert sorted(os.listdir(tmp_path)) == ["in", "out"]
-    assert [f for f in _files_under(out) if not f.startswith("metadata/")] == [
+    runs = [f for f in _files_under(out) if f.startswith("runs/")]
+    assert len(runs) == 1 and runs[0].endswith("Z.json"), runs  # one run record per run
+    rec = json.loads(open(os.path.join(out, runs[0])).read())
+    assert rec["counts"]["processed"] == 9 and rec["counts"]["ok"] == 4 and rec["generator"]["name"] == generator.name
+    assert len(rec["generator"]["sha256"]) == 64 and rec["options"]["search"]["restarts"] == 2
+    assert rec["options"]["workers"] == 2 and rec["versions"]["ray"] and rec["timings"]["pipeline_seconds"] > 0
+    assert [f for f in _files_under(out) if not f.startswith(("metadata/", "runs/"))] == [
         "sr/bytes/one.png", "sr/bytes/two.png", "sr/uri-abs.png", "sr/uri-relative.png"]
     st = job_status(out)
     assert st["rows"] == 9 and st["ok"] == 4 and st["errors"]["unsafe_id"] == 1
+    assert st["last_run"]["counts"] == rec["counts"]
     assert st["seconds_per_image"]["p50"] > 0
 
     # resume: the missing image appears; ok rows are not redone, failed ones are retried
     (src / "imgs" / "later.png").write_bytes(png_bytes(lr, lr, 4))
     before = {k: v["finished_at"] for k, v in by.items() if v["status"] == "ok"}
-    s2 = submit(manifest, out, SubmitOptions(**FEW))
+    s2 = submit(manifest, out, job_options(**FEW))
     assert (s2.skipped, s2.processed, s2.ok, s2.failed) == (4, 5, 5, 4)
     by2 = _one_row_per_id(out, [r["id"] for r in rows])
     assert {k: by2[k]["finished_at"] for k in before} == before
@@ -97,7 +106,7 @@ def test_local_end_to_end_mixed_rows_bad_inputs_then_resume(ray_cluster, generat
 
 
 @pytest.mark.slow
-def test_s3_end_to_end_with_keep_restarts(ray_cluster, generator, s3):
+def test_s3_end_to_end_with_save_restarts(ray_cluster, generator, s3):
     lr = generator.resolution // 4
     rows = []
     for i in range(3):
@@ -110,14 +119,16 @@ def test_s3_end_to_end_with_keep_restarts(ray_cluster, generator, s3):
     write_table(t.slice(3), s3.uri("manifests/m/part-1.parquet"))
     out = s3.uri("results/run1")
 
-    s = submit(s3.uri("manifests/m"), out, SubmitOptions(keep_restarts=True, **FEW))
+    s = submit(s3.uri("manifests/m"), out, job_options(save_restarts=True, **FEW))
     assert (s.total, s.ok, s.failed) == (5, 4, 1)
     keys = s3.keys("results/run1/")
     sr = [k for k in keys if k.startswith("results/run1/sr/")]
     assert sorted(sr) == sorted(
         [f"results/run1/sr/{r}.png" for r in ("s3/img0", "s3/img1", "s3/img2", "inline")]
         + [f"results/run1/sr/{r}/r{k}.png" for r in ("s3/img0", "s3/img1", "s3/img2", "inline") for k in (0, 1)])
-    assert all(k.startswith(("results/run1/sr/", "results/run1/metadata/", "results/run1/restarts/")) for k in keys)
+    assert all(k.startswith(("results/run1/sr/", "results/run1/metadata/", "results/run1/restarts/",
+                             "results/run1/runs/")) for k in keys)
+    assert len([k for k in keys if k.startswith("results/run1/runs/")]) == 1
     by = _one_row_per_id(out, [r["id"] for r in rows])
     assert by["inline"]["sr_uri"] == s3.uri("results/run1/sr/inline.png")
     assert by["gone"]["status"] == "failed" and by["gone"]["error_kind"] == "missing_image"
@@ -134,16 +145,16 @@ def test_s3_end_to_end_with_keep_restarts(ray_cluster, generator, s3):
 
 
 @pytest.mark.slow
-def test_interrupt_then_resume_then_overwrite(ray_cluster, generator, tmp_path):
+def test_interrupt_then_resume_then_overwrite(ray_cluster, generator, tmp_path, interrupt_after):
     lr = generator.resolution // 4
     ids = [f"i{k}" for k in range(6)]
     manifest = str(tmp_path / "m.parquet")
     pq.write_table(pa.table({"id": ids, "image": pa.array([png_bytes(lr, lr, k) for k in range(6)], pa.binary())}),
                    manifest)
     out = str(tmp_path / "out")
-    opts = SubmitOptions(restarts=1, steps=2, workers=1, batch_size=1, progress=False, generator=GENERATOR_SOURCE)
-    with pytest.raises(KeyboardInterrupt):
-        submit(manifest, out, opts, _interrupt_after=2)
+    opts = job_options(restarts=1, steps=2, workers=1, batch_size=1, progress=False, generator=GENERATOR_SOURCE)
+    with interrupt_after(2), pytest.raises(KeyboardInterrupt):
+        submit(manifest, out, opts)
     first = md.read_metadata(out)
     done = {r["id"]: r["finished_at"] for r in first.to_pylist() if r["status"] == "ok"}
     assert 2 <= len(done) < 6
@@ -154,7 +165,7 @@ def test_interrupt_then_resume_then_overwrite(ray_cluster, generator, tmp_path):
     by = _one_row_per_id(out, ids)
     assert {k: by[k]["finished_at"] for k in done} == done  # no re-work of ok rows
 
-    s3_ = submit(manifest, out, SubmitOptions(restarts=1, steps=2, workers=1, batch_size=3, overwrite=True,
+    s3_ = submit(manifest, out, job_options(restarts=1, steps=2, workers=1, batch_size=3, overwrite=True,
                                               progress=False, generator=GENERATOR_SOURCE))
     assert s3_.processed == 6 and s3_.skipped == 0
     by = _one_row_per_id(out, ids)
@@ -162,15 +173,15 @@ def test_interrupt_then_resume_then_overwrite(ray_cluster, generator, tmp_path):
 
 
 @pytest.mark.slow
-def test_actor_killed_mid_job_loses_and_duplicates_nothing(ray_cluster, generator, tmp_path):
+def test_actor_killed_mid_job_loses_and_duplicates_nothing(ray_cluster, generator, tmp_path, kill_first_search_batch):
     lr = generator.resolution // 4
     ids = [f"k{k}" for k in range(4)]
     manifest = str(tmp_path / "m.parquet")
     pq.write_table(pa.table({"id": ids, "image": pa.array([png_bytes(lr, lr, k) for k in range(4)], pa.binary())}),
                    manifest)
     out = str(tmp_path / "out")
-    marker = tmp_path / "killed"
-    s = submit(manifest, out, SubmitOptions(**FEW), _kill_once_marker=str(marker))
+    marker = kill_first_search_batch
+    s = submit(manifest, out, job_options(**FEW))
     assert marker.exists(), "the fault was injected"
     killed_pid = int(marker.read_text())
     assert (s.ok, s.failed, s.processed) == (4, 0, 4)
@@ -185,43 +196,43 @@ def test_unusable_manifest_or_options_write_nothing(tmp_path):
     pq.write_table(pa.table({"id": ["a", "a"], "uri": ["x.png", "y.png"]}), manifest)
     out = tmp_path / "out"
     with pytest.raises(ManifestError, match="duplicate"):
-        submit(manifest, str(out), SubmitOptions(progress=False))
+        submit(manifest, str(out), job_options(progress=False))
     pq.write_table(pa.table({"id": ["a"], "uri": ["x.png"]}), manifest)
-    with pytest.raises(UsageError, match="--steps"):
-        submit(manifest, str(out), SubmitOptions(steps=0, progress=False))
+    with pytest.raises(OptionError, match="--steps"):  # refused when the options are made
+        submit(manifest, str(out), job_options(steps=0, progress=False))
     with pytest.raises(UsageError, match="cannot load generator"):
-        submit(manifest, str(out), SubmitOptions(generator=str(tmp_path / "no-such-generator.pt"), progress=False))
+        submit(manifest, str(out), job_options(generator=str(tmp_path / "no-such-generator.pt"), progress=False))
     with pytest.raises(UsageError, match="--threads-per-worker"):
-        submit(manifest, str(out), SubmitOptions(threads_per_worker=0, progress=False))
-    with pytest.raises(UsageError, match="--keep must be one of realistic, closest"):
-        submit(manifest, str(out), SubmitOptions(keep="prettiest", progress=False))
+        submit(manifest, str(out), job_options(threads_per_worker=0, progress=False))
+    with pytest.raises(OptionError, match="--keep must be one of realistic, closest"):
+        submit(manifest, str(out), job_options(keep="prettiest", progress=False))
     assert not out.exists()
 
 
 def test_cpu_plan_splits_the_cores_between_actors_unless_told():
-    from pulse_ray.job.submit import plan_resources
+    from pulse_ray.job.cluster import plan_resources
 
     # (workers, gpus, logical CPUs per actor, torch threads per actor, batch): one core stays for read/write
-    assert plan_resources(2, 0, SubmitOptions(), 100) == (2, 0.0, 0.5, 1, 4)
-    assert plan_resources(2, 0, SubmitOptions(workers=1), 100) == (1, 0.0, 1.0, 2, 4)
-    assert plan_resources(2, 0, SubmitOptions(workers=1, threads_per_worker=1), 100)[3] == 1
-    assert plan_resources(8, 0, SubmitOptions(), 6) == (6, 0.0, 1.167, 1, 1)  # no idle replica for 6 rows
+    assert plan_resources(2, 0, job_options(), 100) == (2, 0.0, 0.5, 1, 4)
+    assert plan_resources(2, 0, job_options(workers=1), 100) == (1, 0.0, 1.0, 2, 4)
+    assert plan_resources(2, 0, job_options(workers=1, threads_per_worker=1), 100)[3] == 1
+    assert plan_resources(8, 0, job_options(), 6) == (6, 0.0, 1.167, 1, 1)  # no idle replica for 6 rows
 
 
 # ----------------------------------------------------------------------------- GPUs on an autoscaling cluster
 
 
 def test_plan_on_an_autoscaling_cluster():
-    from pulse_ray.job.submit import plan_resources
+    from pulse_ray.job.cluster import plan_resources
 
-    gpu = SubmitOptions(gpus_per_worker=1)
+    gpu = job_options(gpus_per_worker=1)
     with pytest.raises(UsageError, match="has 0 GPU"):  # embedded Ray: the machine's GPUs are all there is
         plan_resources(2, 0, gpu, 100)
     # joined cluster with no GPU node yet: planned anyway (the caller waits for the autoscaler)
     assert plan_resources(0, 0, gpu, 100, autoscale=True)[:2] == (1, 1.0)  # max(1, GPUs present)
     assert plan_resources(0, 3, gpu, 100, autoscale=True)[0] == 3
-    assert plan_resources(0, 0, SubmitOptions(gpus_per_worker=1, workers=8), 1000, autoscale=True)[0] == 8
-    assert plan_resources(0, 0, SubmitOptions(gpus_per_worker=1, workers=8), 3, autoscale=True)[0] == 3  # <= rows
+    assert plan_resources(0, 0, job_options(gpus_per_worker=1, workers=8), 1000, autoscale=True)[0] == 8
+    assert plan_resources(0, 0, job_options(gpus_per_worker=1, workers=8), 3, autoscale=True)[0] == 3  # <= rows
 
 
 def test_wait_for_gpus_asks_the_autoscaler_and_starts_when_they_join(monkeypatch):
@@ -229,7 +240,7 @@ def test_wait_for_gpus_asks_the_autoscaler_and_starts_when_they_join(monkeypatch
     import io
     import time
 
-    sub = importlib.import_module("pulse_ray.job.submit")  # the module (pulse_ray.job.submit is also the function)
+    sub = importlib.import_module("pulse_ray.job.cluster")
     requests, looks = [], []
     t0 = time.monotonic()
 
@@ -238,8 +249,8 @@ def test_wait_for_gpus_asks_the_autoscaler_and_starts_when_they_join(monkeypatch
         looks.append(gpus)
         return {"CPU": 6.0 * gpus, "GPU": gpus}
 
-    monkeypatch.setattr(sub, "_request_resources", requests.append)
-    monkeypatch.setattr(sub, "_cluster_resources", cluster)
+    monkeypatch.setattr(sub, "request_resources", requests.append)
+    monkeypatch.setattr(sub, "cluster_resources", cluster)
     bundles = [{"GPU": 1, "CPU": 1}] * 4
     buf = io.StringIO()
     res = sub.wait_for_gpus(1, bundles, 30, stream=buf, poll=0.05)
@@ -253,7 +264,7 @@ def test_wait_for_gpus_asks_the_autoscaler_and_starts_when_they_join(monkeypatch
     assert "4 x {GPU 1, CPU 1}" in text and "1 GPU(s) in the cluster after" in text
 
     # it never comes: a clear error once the time is up, not before
-    monkeypatch.setattr(sub, "_cluster_resources", lambda: {"CPU": 0.0})
+    monkeypatch.setattr(sub, "cluster_resources", lambda: {"CPU": 0.0})
     t1 = time.monotonic()
     with pytest.raises(sub.ResourcesUnavailable, match=r"still has 0 GPU\(s\) after waiting .* for 1 .*--wait-for-resources"):
         sub.wait_for_gpus(1, bundles, 0.4, stream=io.StringIO(), poll=0.05)
@@ -273,22 +284,22 @@ def test_joined_cluster_without_gpus_asks_waits_then_fails_clearly(ray_cluster, 
     from ray.autoscaler._private.constants import AUTOSCALER_RESOURCE_REQUEST_CHANNEL
     from ray.experimental.internal_kv import _internal_kv_get
 
-    sub = importlib.import_module("pulse_ray.job.submit")
+    sub = importlib.import_module("pulse_ray.job.cluster")
     lr = 8
     manifest = str(tmp_path / "m.parquet")
     pq.write_table(pa.table({"id": [f"g{k}" for k in range(4)],
                              "image": pa.array([png_bytes(lr, lr, k) for k in range(4)], pa.binary())}), manifest)
     out = tmp_path / "out"
     sent = []
-    real = sub._request_resources
+    real = sub.request_resources
 
     def spy(bundles):
         real(bundles)
         sent.append((bundles, _internal_kv_get(AUTOSCALER_RESOURCE_REQUEST_CHANNEL)))
 
-    monkeypatch.setattr(sub, "_request_resources", spy)
+    monkeypatch.setattr(sub, "request_resources", spy)
     monkeypatch.setattr(sub, "WAIT_POLL_SECONDS", 0.2)
-    opts = SubmitOptions(address="auto", gpus_per_worker=1, workers=2, batch_size=2, wait_for_resources=1.0,
+    opts = job_options(address="auto", gpus_per_worker=1, workers=2, batch_size=2, wait_for_resources=1.0,
                          progress=False, generator=GENERATOR_SOURCE)
     buf = io.StringIO()
     t0 = time.monotonic()
@@ -305,7 +316,7 @@ def test_joined_cluster_without_gpus_asks_waits_then_fails_clearly(ray_cluster, 
     sent.clear()
     t0 = time.monotonic()
     with pytest.raises(UsageError, match="has 0 GPU"):
-        submit(manifest, str(out), SubmitOptions(gpus_per_worker=1, progress=False, generator=GENERATOR_SOURCE,
+        submit(manifest, str(out), job_options(gpus_per_worker=1, progress=False, generator=GENERATOR_SOURCE,
                                                  wait_for_resources=30))
     assert time.monotonic() - t0 < 20 and sent == []
 
@@ -327,11 +338,11 @@ import ray
 from ray.cluster_utils import Cluster
 from ray.autoscaler._private.constants import AUTOSCALER_RESOURCE_REQUEST_CHANNEL
 from ray.experimental.internal_kv import _internal_kv_get
-from tests.conftest import FakeGen, fake_upsample, png_bytes
-from pulse_ray.job.submit import SubmitOptions, submit
+from tests.conftest import FakeSearchStep, job_options, png_bytes
+from pulse_ray.job.submit import submit
 import importlib
-sub = importlib.import_module("pulse_ray.job.submit")
-sub.WAIT_POLL_SECONDS = 0.5
+importlib.import_module("pulse_ray.job.submit").SearchStep = FakeSearchStep  # the fake_search fixture's seam
+importlib.import_module("pulse_ray.job.cluster").WAIT_POLL_SECONDS = 0.5
 tmp = sys.argv[1]
 cluster = Cluster(initialize_head=True, head_node_args=dict(num_cpus=1, object_store_memory=100 * 1024**2,
                                                             include_dashboard=False))
@@ -342,9 +353,9 @@ pq.write_table(pa.table({"id": [f"i{k}" for k in range(4)],
 buf, result = io.StringIO(), {}
 def run():
     try:
-        result["s"] = submit(manifest, os.path.join(tmp, "out"), SubmitOptions(
+        result["s"] = submit(manifest, os.path.join(tmp, "out"), job_options(
             address=cluster.address, gpus_per_worker=1, workers=2, batch_size=2, restarts=1, steps=1,
-            wait_for_resources=120, progress=False), stream=buf, _generator=FakeGen(), _upsample_fn=fake_upsample)
+            wait_for_resources=120, progress=False), stream=buf)
     except BaseException as exc:
         result["e"] = repr(exc)
 try:
@@ -397,29 +408,26 @@ def test_job_waits_for_a_gpu_node_that_joins_then_runs(tmp_path):
 
 
 def _inline_a_and_file_b(tmp_path):
-    """A manifest of two rows, ``a`` inline and ``b`` from tmp_path/b.png; the output folder; the
-    instant fake search. Returns (manifest, out, submit's fake kwargs)."""
-    from .conftest import FakeGen, fake_upsample
-
+    """A manifest of two rows, ``a`` inline and ``b`` from tmp_path/b.png; the output folder.
+    Returns (manifest, out)."""
     (tmp_path / "b.png").write_bytes(png_bytes(8, 8, 2))
     manifest = str(tmp_path / "m.parquet")
     pq.write_table(pa.table({"id": ["a", "b"], "image": pa.array([png_bytes(8, 8, 1), None], pa.binary()),
                              "uri": [None, str(tmp_path / "b.png")]}), manifest)
     out = str(tmp_path / "out")
-    fake = dict(_generator=FakeGen(), _upsample_fn=fake_upsample)
-    return manifest, out, fake
+    return manifest, out
 
 
 @pytest.mark.slow
-def test_overwrite_keeps_this_runs_result_even_when_it_failed(ray_cluster, tmp_path):
-    manifest, out, fake = _inline_a_and_file_b(tmp_path)
+def test_overwrite_keeps_this_runs_result_even_when_it_failed(ray_cluster, tmp_path, fake_search):
+    manifest, out = _inline_a_and_file_b(tmp_path)
     opts = dict(restarts=1, steps=1, workers=1, batch_size=2, progress=False)
-    s = submit(manifest, out, SubmitOptions(**opts), **fake)
+    s = submit(manifest, out, job_options(**opts))
     assert (s.ok, s.failed) == (2, 0)
     first = _one_row_per_id(out, ["a", "b"])
     (tmp_path / "b.png").unlink()  # b's input is gone; --overwrite redoes everything
 
-    s = submit(manifest, out, SubmitOptions(overwrite=True, **opts), **fake)
+    s = submit(manifest, out, job_options(overwrite=True, **opts))
     assert (s.processed, s.skipped, s.ok, s.failed) == (2, 0, 1, 1)
     by = _one_row_per_id(out, ["a", "b"])
     assert by["a"]["status"] == "ok" and by["a"]["finished_at"] > first["a"]["finished_at"]
@@ -428,18 +436,18 @@ def test_overwrite_keeps_this_runs_result_even_when_it_failed(ray_cluster, tmp_p
 
 
 @pytest.mark.slow
-def test_overwrite_drops_the_restarts_of_results_it_replaced(ray_cluster, tmp_path):
+def test_overwrite_drops_the_restarts_of_results_it_replaced(ray_cluster, tmp_path, fake_search):
     """Restart rows and images always describe the kept result: an --overwrite run with fewer
-    restarts, a redone id that now fails, or a run without --keep-restarts leaves none of the old ones."""
-    manifest, out, fake = _inline_a_and_file_b(tmp_path)
+    restarts, a redone id that now fails, or a run without --save-restarts leaves none of the old ones."""
+    manifest, out = _inline_a_and_file_b(tmp_path)
     opts = dict(steps=1, workers=1, batch_size=2, progress=False)
 
-    submit(manifest, out, SubmitOptions(restarts=3, keep_restarts=True, **opts), **fake)
+    submit(manifest, out, job_options(restarts=3, save_restarts=True, **opts))
     assert _files_under(os.path.join(out, "sr")) == ["a.png", "a/r0.png", "a/r1.png", "a/r2.png",
                                                      "b.png", "b/r0.png", "b/r1.png", "b/r2.png"]
     (tmp_path / "b.png").unlink()
 
-    s = submit(manifest, out, SubmitOptions(restarts=2, keep_restarts=True, overwrite=True, **opts), **fake)
+    s = submit(manifest, out, job_options(restarts=2, save_restarts=True, overwrite=True, **opts))
     assert (s.ok, s.failed) == (1, 1)
     assert _files_under(os.path.join(out, "sr")) == ["a.png", "a/r0.png", "a/r1.png"]
     rs = md.read_restarts(out)
@@ -449,6 +457,6 @@ def test_overwrite_drops_the_restarts_of_results_it_replaced(ray_cluster, tmp_pa
     assert len(md.metadata_files(out, md.RESTARTS_DIR)) == 1
     assert md.read_restarts(out).num_rows == pq.read_table(md.metadata_files(out, md.RESTARTS_DIR)[0]).num_rows
 
-    submit(manifest, out, SubmitOptions(restarts=2, overwrite=True, **opts), **fake)  # no --keep-restarts
+    submit(manifest, out, job_options(restarts=2, overwrite=True, **opts))  # no --save-restarts
     assert _files_under(os.path.join(out, "sr")) == ["a.png"]
     assert md.read_restarts(out).num_rows == 0

@@ -22,9 +22,11 @@ from PIL import Image
 from pulse_ray.io import storage
 from pulse_ray.job import nightly
 from pulse_ray.job.nightly import find_manifests, manifest_key, run_nightly
-from pulse_ray.job.submit import ManifestError, SubmitOptions, SubmitSummary, UsageError, submit
+from pulse_ray.job.options import JobOptions
+from pulse_ray.job.submit import ManifestError, SubmitSummary, UsageError, submit
+from pulse_ray.search.options import SearchOptions
 
-from .conftest import GENERATOR_SOURCE
+from .conftest import GENERATOR_SOURCE, job_options
 
 ROOT = Path(__file__).resolve().parents[1]
 
@@ -143,9 +145,9 @@ def test_ledger_lifecycle_with_failures_errors_and_retries(tmp_path):
             s.failed, s.ok = 1, 2
         return s
 
-    res = run_nightly(str(inp), out, SubmitOptions(steps=7), submit_fn=submit_fn, log=_quiet)
+    res = run_nightly(str(inp), out, JobOptions(search=SearchOptions(steps=7)), submit_fn=submit_fn, log=_quiet)
     assert res.exit_code == 1
-    assert len(fake.calls) == 4 and all(c[2].steps == 7 for c in fake.calls)
+    assert len(fake.calls) == 4 and all(c[2].search.steps == 7 for c in fake.calls)
     e = {k: _ledger(out, key) for k, key in keys.items()}
     assert (e["good"]["status"], e["good"]["exit_status"]) == ("finished", 0)
     assert e["good"]["counts"]["ok"] == 3 and e["good"]["counts"]["total"] == 3
@@ -159,7 +161,7 @@ def test_ledger_lifecycle_with_failures_errors_and_retries(tmp_path):
 
     # 2nd run: only the errored one is run again (resumed), and now it works
     fake2 = FakeSubmit()
-    res = run_nightly(str(inp), out, SubmitOptions(), submit_fn=fake2, log=_quiet)
+    res = run_nightly(str(inp), out, JobOptions(), submit_fn=fake2, log=_quiet)
     assert [c[0] for c in fake2.calls] == [str(inp / "flaky.parquet")]
     assert res.exit_code == 0
     flaky = _ledger(out, keys["flaky"])
@@ -168,12 +170,12 @@ def test_ledger_lifecycle_with_failures_errors_and_retries(tmp_path):
 
     # 3rd run: nothing to do
     fake3 = FakeSubmit()
-    assert run_nightly(str(inp), out, SubmitOptions(), submit_fn=fake3, log=_quiet).exit_code == 0
+    assert run_nightly(str(inp), out, JobOptions(), submit_fn=fake3, log=_quiet).exit_code == 0
     assert fake3.calls == []
 
     # --retry-failed: the unusable manifest and the one with failed rows, nothing else
     fake4 = FakeSubmit()
-    run_nightly(str(inp), out, SubmitOptions(overwrite=True), retry_failed=True, submit_fn=fake4, log=_quiet)
+    run_nightly(str(inp), out, JobOptions(overwrite=True), retry_failed=True, submit_fn=fake4, log=_quiet)
     assert sorted(Path(c[0]).name for c in fake4.calls) == ["broken.parquet", "rows.parquet"]
     assert all(c[2].overwrite is False for c in fake4.calls), "a rerun never overwrites what is done"
 
@@ -183,7 +185,7 @@ def test_usage_error_stops_the_run_and_leaves_the_rest(tmp_path):
     for name in ("a", "b", "c"):
         _touch_manifest(inp / f"{name}.parquet")
     fake = FakeSubmit(raise_for={"a.parquet": UsageError("--gpus-per-worker 1 but the cluster has 0 GPUs")})
-    res = run_nightly(str(inp), out, SubmitOptions(), submit_fn=fake, log=_quiet)
+    res = run_nightly(str(inp), out, JobOptions(), submit_fn=fake, log=_quiet)
     assert res.exit_code == 2 and "0 GPUs" in res.aborted
     assert len(fake.calls) == 1
     plan = {Path(it.manifest.uri).name: it.action for it in nightly.plan(str(inp), out)}
@@ -194,7 +196,7 @@ def test_dry_run_lists_and_writes_nothing(tmp_path, capsys):
     inp, out = tmp_path / "in", tmp_path / "out"
     _touch_manifest(inp / "x.parquet")
     fake = FakeSubmit()
-    res = run_nightly(str(inp), str(out), SubmitOptions(), dry_run=True, submit_fn=fake)
+    res = run_nightly(str(inp), str(out), JobOptions(), dry_run=True, submit_fn=fake)
     assert fake.calls == [] and not out.exists()
     assert [it.action for it in res.items] == ["new"]
     text = capsys.readouterr().out
@@ -214,9 +216,10 @@ def test_command_line_passes_submit_options(tmp_path, monkeypatch):
                          "--generator", "faces64", "--eps", "0.01", "--no-progress", "--retry-failed"])
     assert code == 0
     o = captured["options"]
-    assert isinstance(o, SubmitOptions)
-    assert (o.steps, o.restarts, o.gpus_per_worker, o.workers, o.address) == (2, 1, 1.0, 8, "auto")
-    assert (o.keep_restarts, o.generator, o.eps, o.progress, o.dry_run) == (True, "faces64", 0.01, False, False)
+    assert isinstance(o, JobOptions)
+    assert (o.search.steps, o.search.restarts, o.gpus_per_worker, o.workers, o.address) == (2, 1, 1.0, 8, "auto")
+    assert (o.search.save_restarts, o.generator, o.search.eps, o.progress, o.dry_run) == (
+        True, "faces64", 0.01, False, False)  # --keep-restarts: the old spelling of --save-restarts still works
     assert captured["dry_run"] is True and captured["retry_failed"] is True
     with pytest.raises(SystemExit) as ei:
         nightly.main(["in", "out", "--no-such-option"])
@@ -294,7 +297,7 @@ def test_nightly_on_s3_processes_new_manifests_once(s3, ray_cluster, generator):
     assert storage.list_uris(out) == [] and not storage.isdir(storage.join(out, "_ledger"))
 
     counting = CountingSubmit()
-    res = run_nightly(inp, out, SubmitOptions(**TINY), submit_fn=counting, log=_quiet)
+    res = run_nightly(inp, out, job_options(**TINY), submit_fn=counting, log=_quiet)
     assert res.exit_code == 0, res.entries
     assert sorted(counting.calls) == [f"s3://{BUCKET}/incoming/2024-06-01-a.parquet", f"s3://{BUCKET}/incoming/batch-b"]
     found = {m.rel: m for m in find_manifests(inp, out)}
@@ -316,7 +319,7 @@ def test_nightly_on_s3_processes_new_manifests_once(s3, ray_cluster, generator):
 
     # second run: nothing to do, nothing rewritten
     counting2 = CountingSubmit()
-    res = run_nightly(inp, out, SubmitOptions(**TINY), submit_fn=counting2, log=_quiet)
+    res = run_nightly(inp, out, job_options(**TINY), submit_fn=counting2, log=_quiet)
     assert res.exit_code == 0 and counting2.calls == [] and res.entries == {}
     assert [it.action for it in res.items] == ["done", "done"]
     assert {u: storage.read_bytes(u) for u in storage.list_uris(storage.join(out, "_ledger"))} == ledger_before
@@ -342,14 +345,14 @@ def test_nightly_on_s3_resumes_a_run_that_died(s3, ray_cluster, generator):
         raise Killed()
 
     with pytest.raises(Killed):
-        run_nightly(inp, out, SubmitOptions(**TINY), submit_fn=dies_half_way, log=_quiet)
+        run_nightly(inp, out, job_options(**TINY), submit_fn=dies_half_way, log=_quiet)
     key = manifest_key("batch-c.parquet")
     left = _ledger(out, key)
     assert left["status"] == "started" and left["finished"] is None and left["manifest"] == manifest
     assert [it.action for it in nightly.plan(inp, out) if it.manifest.key == key] == ["resume"]
 
     counting = CountingSubmit()
-    res = run_nightly(inp, out, SubmitOptions(**TINY), submit_fn=counting, log=_quiet)
+    res = run_nightly(inp, out, job_options(**TINY), submit_fn=counting, log=_quiet)
     assert counting.calls == [manifest] and res.exit_code == 0
     e = _ledger(out, key)
     assert (e["status"], e["exit_status"], e["attempts"], e["resumed"]) == ("finished", 0, 2, True)
@@ -361,5 +364,5 @@ def test_nightly_on_s3_resumes_a_run_that_died(s3, ray_cluster, generator):
 
     # and after that, it is done
     counting2 = CountingSubmit()
-    run_nightly(inp, out, SubmitOptions(**TINY), submit_fn=counting2, log=_quiet)
+    run_nightly(inp, out, job_options(**TINY), submit_fn=counting2, log=_quiet)
     assert counting2.calls == []

@@ -47,7 +47,9 @@ def test_results_do_not_depend_on_the_batch(reference):
 def test_restarts_differ_and_the_best_is_returned(reference):
     g = small_generator(reference)
     lr = planted(g, 1, factor=8)
-    res = pulse_ray.upsample(lr, g, restarts=3, steps=4, keep_restarts=True, early_stop=False, keep="closest")[0]
+    with pytest.warns(DeprecationWarning, match="keep_restarts= is deprecated; use save_restarts="):
+        # the old spelling still works
+        res = pulse_ray.upsample(lr, g, restarts=3, steps=4, keep_restarts=True, early_stop=False, keep="closest")[0]
     assert [r.restart for r in res.restarts] == [0, 1, 2]
     assert len({r.seed for r in res.restarts}) == 3
     assert res.downscale_mse == min(r.downscale_mse for r in res.restarts)
@@ -57,7 +59,7 @@ def test_restarts_differ_and_the_best_is_returned(reference):
 def test_keep_realistic_takes_the_lowest_loss_within_eps_and_closest_the_lowest_error(reference):
     g = small_generator(reference)
     lr = planted(g, 3, factor=32)  # 4x4: converges within a few steps, then GEOCROSS alone moves it
-    kw = dict(restarts=3, steps=30, eps=5e-3, early_stop=False, keep_restarts=True)
+    kw = dict(restarts=3, steps=30, eps=5e-3, early_stop=False, save_restarts=True)
     realistic = pulse_ray.upsample(lr, g, keep="realistic", **kw)
     closest = pulse_ray.upsample(lr, g, keep="closest", **kw)
     for r, c in zip(realistic, closest):

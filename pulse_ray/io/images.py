@@ -13,6 +13,8 @@ import warnings
 import numpy as np
 from PIL import Image, ImageOps
 
+from pulse_ray.sizes import check_lr_size
+
 __all__ = [
     "BadInput",
     "UnsafeId",
@@ -163,30 +165,12 @@ def _to_rgb_array(img: Image.Image, fmt: str | None) -> np.ndarray:
 
 
 def lr_factor(h: int, w: int, resolution: int) -> int:
-    """The power-of-two factor mapping an ``h x w`` LR image to the generator's resolution.
-
-    Uses core's ``pulse_ray.search.check_lr_size`` (the one the search itself
-    applies); raises :class:`BadInput` with its message.
-    """
-    try:
-        from pulse_ray.search import check_lr_size
-    except ImportError:  # core not importable: same rule, local copy
-        check_lr_size = _check_lr_size
+    """The power-of-two factor mapping an ``h x w`` LR image to the generator's resolution
+    (the rule of :func:`pulse_ray.sizes.check_lr_size`); raises :class:`BadInput` with its message."""
     try:
         return int(check_lr_size(int(h), int(w), int(resolution)))
     except ValueError as exc:
         raise BadInput(str(exc)) from None
-
-
-def _check_lr_size(h: int, w: int, resolution: int) -> int:
-    if h != w:
-        raise ValueError(f"LR image is {w}x{h}: not square; the generator makes {resolution}x{resolution} faces")
-    if h <= 0 or h >= resolution or resolution % h != 0:
-        raise ValueError(f"LR size {h} does not divide the generator resolution {resolution}")
-    f = resolution // h
-    if f & (f - 1) or f < 1:
-        raise ValueError(f"LR size {h}: factor {resolution}/{h} = {f} is not a power of two")
-    return f
 
 
 # ----------------------------------------------------------------------------- encode
@@ -194,13 +178,10 @@ def _check_lr_size(h: int, w: int, resolution: int) -> int:
 
 def to_uint8_hwc(image) -> np.ndarray:
     """A ``[C, H, W]`` / ``[H, W, C]`` float tensor or array in [0, 1] (or uint8) -> uint8 HWC."""
-    try:
-        import torch
+    import torch
 
-        if isinstance(image, torch.Tensor):
-            image = image.detach().to("cpu", dtype=torch.float32).numpy()
-    except ImportError:  # pragma: no cover
-        pass
+    if isinstance(image, torch.Tensor):
+        image = image.detach().to("cpu", dtype=torch.float32).numpy()
     a = np.asarray(image)
     if a.ndim == 3 and a.shape[0] in (1, 3, 4) and a.shape[-1] not in (1, 3, 4):
         a = np.transpose(a, (1, 2, 0))

@@ -21,7 +21,7 @@ from __future__ import annotations
 
 import io
 import os
-from dataclasses import dataclass, field
+from dataclasses import dataclass
 
 import pyarrow as pa
 import pyarrow.parquet as pq
@@ -37,28 +37,25 @@ class ManifestError(ValueError):
 
 @dataclass
 class ManifestInfo:
-    files: list[str]
-    ids: list[str]
-    schema: pa.Schema
-    has_uri: bool
-    has_image: bool
-    extra_columns: list[str] = field(default_factory=list)
+    files: list[str]  # the Parquet files, in order
+    ids: list[str]  # every row's id, in file order
 
     @property
     def num_rows(self) -> int:
         return len(self.ids)
 
 
-def manifest_files(manifest: str) -> list[str]:
+def manifest_files(manifest: str, store: storage.Storage | None = None) -> list[str]:
     """The Parquet files a manifest names (a file, or every ``*.parquet`` below a folder/prefix)."""
     manifest = os.fspath(manifest)
+    store = store or storage.Storage()
     try:
-        if manifest.lower().endswith(".parquet") and storage.exists(manifest):
+        if manifest.lower().endswith(".parquet") and store.exists(manifest):
             return [manifest]
-        files = storage.list_uris(manifest, suffix=".parquet")
+        files = store.list_uris(manifest, suffix=".parquet")
         if files:
             return files
-        if storage.exists(manifest) and not storage.isdir(manifest):  # one file without the suffix
+        if store.exists(manifest) and not store.isdir(manifest):  # one file without the suffix
             return [manifest]
     except storage.StorageError as exc:
         if not isinstance(exc, FileNotFoundError):
@@ -69,27 +66,27 @@ def manifest_files(manifest: str) -> list[str]:
     raise ManifestError(f"manifest {manifest}: no such file, and no *.parquet files under it")
 
 
-def read_table(uri: str, columns: list[str] | None = None) -> pa.Table:
+def read_table(uri: str, columns: list[str] | None = None, store: storage.Storage | None = None) -> pa.Table:
     """One Parquet file (local or S3) as a table."""
     if storage.is_s3(uri):
-        fs, path = storage.arrow_filesystem(uri)
+        fs, path = (store or storage.Storage()).arrow_filesystem(uri)
         return pq.read_table(path, filesystem=fs, columns=columns)
     return pq.read_table(storage.local_path(uri), columns=columns)
 
 
-def _read_schema(uri: str) -> pa.Schema:
+def _read_schema(uri: str, store: storage.Storage) -> pa.Schema:
     if storage.is_s3(uri):
-        fs, path = storage.arrow_filesystem(uri)
+        fs, path = store.arrow_filesystem(uri)
         with fs.open_input_file(path) as f:
             return pq.read_schema(f)
     return pq.read_schema(storage.local_path(uri))
 
 
-def write_table(table: pa.Table, uri: str) -> None:
+def write_table(table: pa.Table, uri: str, store: storage.Storage | None = None) -> None:
     """Write one Parquet file atomically (temp + rename locally, one PUT on S3)."""
     buf = io.BytesIO()
     pq.write_table(table, buf)
-    storage.write_bytes(uri, buf.getvalue())
+    (store or storage.Storage()).write_bytes(uri, buf.getvalue())
 
 
 def _is_string(t: pa.DataType) -> bool:
@@ -100,7 +97,7 @@ def _is_binary(t: pa.DataType) -> bool:
     return pa.types.is_binary(t) or pa.types.is_large_binary(t) or pa.types.is_fixed_size_binary(t)
 
 
-def inspect_manifest(manifest: str) -> ManifestInfo:
+def inspect_manifest(manifest: str, store: storage.Storage | None = None) -> ManifestInfo:
     """Validate a manifest and return its files, ids and schema.
 
     Raises :class:`ManifestError` for: no Parquet files, an unreadable Parquet
@@ -108,14 +105,15 @@ def inspect_manifest(manifest: str) -> ManifestInfo:
     ``uri`` / ``image`` column (or one of the wrong type), or files whose
     schemas do not agree.
     """
-    files = manifest_files(manifest)
+    store = store or storage.Storage()
+    files = manifest_files(manifest, store)
     schemas: list[pa.Schema] = []
     ids: list[str] = []
     where: dict[str, str] = {}
     dupes: list[tuple[str, str, str]] = []
     for uri in files:
         try:
-            schema = _read_schema(uri)
+            schema = _read_schema(uri, store)
         except Exception as exc:  # ArrowInvalid, OSError, ...
             _raise_if_store_failed(uri, exc)
             raise ManifestError(f"manifest file {uri}: not a readable Parquet file ({_short(exc)})") from None
@@ -139,7 +137,7 @@ def inspect_manifest(manifest: str) -> ManifestInfo:
                 f"not {schema.field('image').type}"
             )
         try:
-            col = read_table(uri, columns=["id"]).column("id")
+            col = read_table(uri, columns=["id"], store=store).column("id")
         except Exception as exc:
             _raise_if_store_failed(uri, exc)
             raise ManifestError(f"manifest file {uri}: cannot read column 'id' ({_short(exc)})") from None
@@ -171,15 +169,7 @@ def inspect_manifest(manifest: str) -> ManifestInfo:
                 raise ManifestError(
                     f"manifest file {uri}: lacks column(s) {sorted(missing)} that other manifest files have"
                 )
-    extra = [n for n in names if n not in ("id", "uri", "image")]
-    return ManifestInfo(
-        files=files,
-        ids=ids,
-        schema=schema,
-        has_uri="uri" in names,
-        has_image="image" in names,
-        extra_columns=extra,
-    )
+    return ManifestInfo(files=files, ids=ids)
 
 
 def _raise_if_store_failed(uri: str, exc: Exception) -> None:

@@ -5,9 +5,12 @@ Contract (docs/CONTRACTS.md)::
     read_bytes(uri) -> bytes ; write_bytes(uri, data)   # atomic: temp + rename locally; S3 put
     exists(uri) -> bool ; list_uris(prefix, suffix=None) -> list[str] ; join(base, *parts) -> str
 
-S3 goes through boto3 with the standard credential chain. ``AWS_ENDPOINT_URL``
-(or :func:`set_s3_endpoint_url`, used by ``--s3-endpoint-url``) points it at any
-S3-compatible store. Credentials are never logged or put into error messages.
+S3 goes through boto3 with the standard credential chain. A :class:`Storage` holds the
+settings (``Storage(s3_endpoint_url=...)``, from ``--s3-endpoint-url``; without one,
+``AWS_ENDPOINT_URL`` from the environment) and does the operations; it is frozen and
+picklable, so the job hands it to every step instead of setting process-global state.
+The module-level functions are those of ``Storage()``. Credentials are never logged or
+put into error messages.
 """
 
 from __future__ import annotations
@@ -17,13 +20,14 @@ import re
 import tempfile
 import threading
 import uuid
+from dataclasses import dataclass
 from typing import Iterable
 from urllib.parse import unquote, urlparse
 
 __all__ = [
+    "Storage",
     "StorageError",
     "is_s3",
-    "is_local",
     "split_s3",
     "local_path",
     "read_bytes",
@@ -33,9 +37,6 @@ __all__ = [
     "delete",
     "list_uris",
     "join",
-    "set_s3_endpoint_url",
-    "s3_endpoint_url",
-    "s3_client",
     "arrow_filesystem",
 ]
 
@@ -44,7 +45,6 @@ class StorageError(OSError):
     """An object could not be read, written or listed (message names the URI)."""
 
 
-_endpoint_override: str | None = None
 _clients: dict = {}
 _clients_lock = threading.Lock()
 
@@ -54,10 +54,6 @@ _clients_lock = threading.Lock()
 
 def is_s3(uri: str) -> bool:
     return str(uri).startswith("s3://")
-
-
-def is_local(uri: str) -> bool:
-    return not is_s3(uri)
 
 
 def split_s3(uri: str) -> tuple[str, str]:
@@ -101,28 +97,11 @@ def join(base: str, *parts: str) -> str:
 # ----------------------------------------------------------------------------- S3 client
 
 
-def set_s3_endpoint_url(url: str | None) -> None:
-    """Override the S3 endpoint for this process (``--s3-endpoint-url``).
-
-    Also exported as ``AWS_ENDPOINT_URL`` so that child processes (Ray workers
-    started from here) and pyarrow see the same store.
-    """
-    global _endpoint_override
-    _endpoint_override = url or None
-    if url:
-        os.environ["AWS_ENDPOINT_URL"] = url
-
-
-def s3_endpoint_url() -> str | None:
-    return _endpoint_override or os.environ.get("AWS_ENDPOINT_URL_S3") or os.environ.get("AWS_ENDPOINT_URL") or None
-
-
-def s3_client():
+def _client(endpoint: str | None):
     """A boto3 S3 client (cached per process, endpoint and credential identity)."""
     import boto3
     from botocore.config import Config
 
-    endpoint = s3_endpoint_url()
     # The key *id* is not secret; it only keys the cache so that a change of
     # credentials in the environment (tests) gets a fresh client.
     key = (
@@ -163,184 +142,211 @@ class _NotFound(StorageError, FileNotFoundError):
 # ----------------------------------------------------------------------------- operations
 
 
-def read_bytes(uri: str) -> bytes:
-    """Whole object as bytes. Raises ``FileNotFoundError`` (a StorageError) when absent."""
-    uri = os.fspath(uri)
-    if is_s3(uri):
-        bucket, key = split_s3(uri)
+@dataclass(frozen=True)
+class Storage:
+    """Where and how to reach objects: ``s3_endpoint_url`` (None: ``AWS_ENDPOINT_URL`` /
+    ``AWS_ENDPOINT_URL_S3`` of the process). Frozen and picklable (it travels with the job's steps)."""
+
+    s3_endpoint_url: str | None = None
+
+    def endpoint(self) -> str | None:
+        """The S3 endpoint in use (None: AWS's own)."""
+        return self.s3_endpoint_url or os.environ.get("AWS_ENDPOINT_URL_S3") or os.environ.get("AWS_ENDPOINT_URL") or None
+
+    def pinned(self) -> Storage:
+        """This storage with the endpoint of this process's environment written in, so that it
+        means the same in worker processes that do not share the environment."""
+        return Storage(self.endpoint())
+
+    def client(self):
+        """A boto3 S3 client for this endpoint (cached per process)."""
+        return _client(self.endpoint())
+
+    def read_bytes(self, uri: str) -> bytes:
+        """Whole object as bytes. Raises ``FileNotFoundError`` (a StorageError) when absent."""
+        uri = os.fspath(uri)
+        if is_s3(uri):
+            bucket, key = split_s3(uri)
+            try:
+                obj = self.client().get_object(Bucket=bucket, Key=key)
+                return obj["Body"].read()
+            except Exception as exc:  # botocore ClientError, connection errors
+                raise _s3_error("cannot read", uri, exc) from None
+        path = local_path(uri)
         try:
-            obj = s3_client().get_object(Bucket=bucket, Key=key)
-            return obj["Body"].read()
-        except Exception as exc:  # botocore ClientError, connection errors
-            raise _s3_error("cannot read", uri, exc) from None
-    path = local_path(uri)
-    try:
-        with open(path, "rb") as f:
-            return f.read()
-    except FileNotFoundError:
-        raise _NotFound(f"cannot read {uri}: no such file") from None
-    except IsADirectoryError:
-        raise StorageError(f"cannot read {uri}: is a directory") from None
-    except OSError as exc:
-        raise StorageError(f"cannot read {uri}: {exc.strerror or exc}") from None
+            with open(path, "rb") as f:
+                return f.read()
+        except FileNotFoundError:
+            raise _NotFound(f"cannot read {uri}: no such file") from None
+        except IsADirectoryError:
+            raise StorageError(f"cannot read {uri}: is a directory") from None
+        except OSError as exc:
+            raise StorageError(f"cannot read {uri}: {exc.strerror or exc}") from None
 
 
-def write_bytes(uri: str, data: bytes) -> None:
-    """Write atomically: a reader sees the old object, or the whole new one.
+    def write_bytes(self, uri: str, data: bytes) -> None:
+        """Write atomically: a reader sees the old object, or the whole new one.
 
-    Locally: a temporary file in the target folder, fsync, then ``os.replace``.
-    On S3 a single PUT is atomic.
-    """
-    uri = os.fspath(uri)
-    data = bytes(data)
-    if is_s3(uri):
-        bucket, key = split_s3(uri)
+        Locally: a temporary file in the target folder, fsync, then ``os.replace``.
+        On S3 a single PUT is atomic.
+        """
+        uri = os.fspath(uri)
+        data = bytes(data)
+        if is_s3(uri):
+            bucket, key = split_s3(uri)
+            try:
+                self.client().put_object(Bucket=bucket, Key=key, Body=data)
+            except Exception as exc:
+                raise _s3_error("cannot write", uri, exc) from None
+            return
+        path = local_path(uri)
+        folder = os.path.dirname(os.path.abspath(path))
+        os.makedirs(folder, exist_ok=True)
+        fd, tmp = tempfile.mkstemp(prefix=".tmp-" + uuid.uuid4().hex[:8] + "-", dir=folder)
         try:
-            s3_client().put_object(Bucket=bucket, Key=key, Body=data)
-        except Exception as exc:
-            raise _s3_error("cannot write", uri, exc) from None
-        return
-    path = local_path(uri)
-    folder = os.path.dirname(os.path.abspath(path))
-    os.makedirs(folder, exist_ok=True)
-    fd, tmp = tempfile.mkstemp(prefix=".tmp-" + uuid.uuid4().hex[:8] + "-", dir=folder)
-    try:
-        with os.fdopen(fd, "wb") as f:
-            f.write(data)
-            f.flush()
-            os.fsync(f.fileno())
-        os.replace(tmp, path)
-    except BaseException:
+            with os.fdopen(fd, "wb") as f:
+                f.write(data)
+                f.flush()
+                os.fsync(f.fileno())
+            os.replace(tmp, path)
+        except BaseException:
+            try:
+                os.unlink(tmp)
+            except OSError:
+                pass
+            raise
+
+
+    def exists(self, uri: str) -> bool:
+        uri = os.fspath(uri)
+        if is_s3(uri):
+            bucket, key = split_s3(uri)
+            try:
+                self.client().head_object(Bucket=bucket, Key=key)
+                return True
+            except Exception as exc:
+                resp = getattr(exc, "response", None)
+                code = resp.get("Error", {}).get("Code", "") if isinstance(resp, dict) else ""
+                if code in ("404", "NoSuchKey", "NotFound"):
+                    return False
+                raise _s3_error("cannot stat", uri, exc) from None
+        return os.path.exists(local_path(uri))
+
+
+    def isdir(self, uri: str) -> bool:
+        """Local: a directory. S3: at least one object under ``uri/``."""
+        uri = os.fspath(uri)
+        if is_s3(uri):
+            bucket, key = split_s3(uri)
+            prefix = key.rstrip("/") + "/" if key.strip("/") else ""
+            try:
+                resp = self.client().list_objects_v2(Bucket=bucket, Prefix=prefix, MaxKeys=1)
+            except Exception as exc:
+                raise _s3_error("cannot list", uri, exc) from None
+            return resp.get("KeyCount", 0) > 0
+        return os.path.isdir(local_path(uri))
+
+
+    def delete(self, uri: str) -> None:
+        """Remove one object / file; absent is fine."""
+        uri = os.fspath(uri)
+        if is_s3(uri):
+            bucket, key = split_s3(uri)
+            try:
+                self.client().delete_object(Bucket=bucket, Key=key)
+            except Exception as exc:
+                raise _s3_error("cannot delete", uri, exc) from None
+            return
         try:
-            os.unlink(tmp)
-        except OSError:
+            os.unlink(local_path(uri))
+        except FileNotFoundError:
             pass
-        raise
 
 
-def exists(uri: str) -> bool:
-    uri = os.fspath(uri)
-    if is_s3(uri):
-        bucket, key = split_s3(uri)
-        try:
-            s3_client().head_object(Bucket=bucket, Key=key)
-            return True
-        except Exception as exc:
-            resp = getattr(exc, "response", None)
-            code = resp.get("Error", {}).get("Code", "") if isinstance(resp, dict) else ""
-            if code in ("404", "NoSuchKey", "NotFound"):
+    def list_uris(self, prefix: str, suffix: str | Iterable[str] | None = None) -> list[str]:
+        """Every object below a folder / S3 prefix (recursive), sorted, as full URIs.
+
+        ``prefix`` is treated as a folder: ``s3://b/data`` lists ``s3://b/data/...``
+        (not ``s3://b/database``). Hidden names (``.x``, ``_x``: temporary files, Spark
+        markers) are skipped. ``suffix`` filters by case-insensitive name ending(s).
+        Results keep the input's form (plain path, ``file://`` or ``s3://``).
+        """
+        prefix = os.fspath(prefix)
+        if isinstance(suffix, str):
+            suffixes: tuple[str, ...] | None = (suffix.lower(),)
+        elif suffix is None:
+            suffixes = None
+        else:
+            suffixes = tuple(s.lower() for s in suffix)
+
+        def keep(name: str) -> bool:
+            base = name.rsplit("/", 1)[-1]
+            if not base or base.startswith(".") or base.startswith("_"):
                 return False
-            raise _s3_error("cannot stat", uri, exc) from None
-    return os.path.exists(local_path(uri))
+            return suffixes is None or base.lower().endswith(suffixes)
 
+        out: list[str] = []
+        if is_s3(prefix):
+            bucket, key = split_s3(prefix)
+            key_prefix = key.rstrip("/") + "/" if key.strip("/") else ""
+            try:
+                paginator = self.client().get_paginator("list_objects_v2")
+                for page in paginator.paginate(Bucket=bucket, Prefix=key_prefix):
+                    for obj in page.get("Contents", []) or []:
+                        k = obj["Key"]
+                        if k.endswith("/"):
+                            continue
+                        rel = k[len(key_prefix):]
+                        if any(part.startswith((".", "_")) for part in rel.split("/")):
+                            continue
+                        if keep(k):
+                            out.append(f"s3://{bucket}/{k}")
+            except Exception as exc:
+                raise _s3_error("cannot list", prefix, exc) from None
+            return sorted(out)
 
-def isdir(uri: str) -> bool:
-    """Local: a directory. S3: at least one object under ``uri/``."""
-    uri = os.fspath(uri)
-    if is_s3(uri):
-        bucket, key = split_s3(uri)
-        prefix = key.rstrip("/") + "/" if key.strip("/") else ""
-        try:
-            resp = s3_client().list_objects_v2(Bucket=bucket, Prefix=prefix, MaxKeys=1)
-        except Exception as exc:
-            raise _s3_error("cannot list", uri, exc) from None
-        return resp.get("KeyCount", 0) > 0
-    return os.path.isdir(local_path(uri))
-
-
-def delete(uri: str) -> None:
-    """Remove one object / file; absent is fine."""
-    uri = os.fspath(uri)
-    if is_s3(uri):
-        bucket, key = split_s3(uri)
-        try:
-            s3_client().delete_object(Bucket=bucket, Key=key)
-        except Exception as exc:
-            raise _s3_error("cannot delete", uri, exc) from None
-        return
-    try:
-        os.unlink(local_path(uri))
-    except FileNotFoundError:
-        pass
-
-
-def list_uris(prefix: str, suffix: str | Iterable[str] | None = None) -> list[str]:
-    """Every object below a folder / S3 prefix (recursive), sorted, as full URIs.
-
-    ``prefix`` is treated as a folder: ``s3://b/data`` lists ``s3://b/data/...``
-    (not ``s3://b/database``). Hidden names (``.x``, ``_x``: temporary files, Spark
-    markers) are skipped. ``suffix`` filters by case-insensitive name ending(s).
-    Results keep the input's form (plain path, ``file://`` or ``s3://``).
-    """
-    prefix = os.fspath(prefix)
-    if isinstance(suffix, str):
-        suffixes: tuple[str, ...] | None = (suffix.lower(),)
-    elif suffix is None:
-        suffixes = None
-    else:
-        suffixes = tuple(s.lower() for s in suffix)
-
-    def keep(name: str) -> bool:
-        base = name.rsplit("/", 1)[-1]
-        if not base or base.startswith(".") or base.startswith("_"):
-            return False
-        return suffixes is None or base.lower().endswith(suffixes)
-
-    out: list[str] = []
-    if is_s3(prefix):
-        bucket, key = split_s3(prefix)
-        key_prefix = key.rstrip("/") + "/" if key.strip("/") else ""
-        try:
-            paginator = s3_client().get_paginator("list_objects_v2")
-            for page in paginator.paginate(Bucket=bucket, Prefix=key_prefix):
-                for obj in page.get("Contents", []) or []:
-                    k = obj["Key"]
-                    if k.endswith("/"):
-                        continue
-                    rel = k[len(key_prefix):]
-                    if any(part.startswith((".", "_")) for part in rel.split("/")):
-                        continue
-                    if keep(k):
-                        out.append(f"s3://{bucket}/{k}")
-        except Exception as exc:
-            raise _s3_error("cannot list", prefix, exc) from None
+        root = local_path(prefix)
+        as_file_uri = prefix.startswith("file://")
+        if not os.path.isdir(root):
+            return []
+        for dirpath, dirnames, filenames in os.walk(root):
+            dirnames[:] = sorted(d for d in dirnames if not d.startswith((".", "_")))
+            for name in filenames:
+                if keep(name):
+                    full = os.path.join(dirpath, name)
+                    out.append("file://" + os.path.abspath(full) if as_file_uri else full)
         return sorted(out)
 
-    root = local_path(prefix)
-    as_file_uri = prefix.startswith("file://")
-    if not os.path.isdir(root):
-        return []
-    for dirpath, dirnames, filenames in os.walk(root):
-        dirnames[:] = sorted(d for d in dirnames if not d.startswith((".", "_")))
-        for name in filenames:
-            if keep(name):
-                full = os.path.join(dirpath, name)
-                out.append("file://" + os.path.abspath(full) if as_file_uri else full)
-    return sorted(out)
+
+    def arrow_filesystem(self, uri: str):
+        """``(pyarrow.fs.FileSystem, path)`` for Ray Data / pyarrow readers and writers."""
+        import pyarrow.fs as pafs
+
+        uri = os.fspath(uri)
+        if is_s3(uri):
+            bucket, key = split_s3(uri)
+            kwargs = {}
+            endpoint = self.endpoint()
+            if endpoint:
+                parsed = urlparse(endpoint)
+                if parsed.scheme in ("http", "https"):
+                    kwargs["endpoint_override"] = parsed.netloc + parsed.path.rstrip("/")
+                    kwargs["scheme"] = parsed.scheme
+                else:
+                    kwargs["endpoint_override"] = endpoint
+            region = os.environ.get("AWS_DEFAULT_REGION") or os.environ.get("AWS_REGION")
+            if region:
+                kwargs["region"] = region
+            fs = pafs.S3FileSystem(**kwargs)
+            return fs, f"{bucket}/{key}".rstrip("/")
+        return pafs.LocalFileSystem(), os.path.abspath(local_path(uri))
 
 
-# ----------------------------------------------------------------------------- pyarrow
-
-
-def arrow_filesystem(uri: str):
-    """``(pyarrow.fs.FileSystem, path)`` for Ray Data / pyarrow readers and writers."""
-    import pyarrow.fs as pafs
-
-    uri = os.fspath(uri)
-    if is_s3(uri):
-        bucket, key = split_s3(uri)
-        kwargs = {}
-        endpoint = s3_endpoint_url()
-        if endpoint:
-            parsed = urlparse(endpoint)
-            if parsed.scheme in ("http", "https"):
-                kwargs["endpoint_override"] = parsed.netloc + parsed.path.rstrip("/")
-                kwargs["scheme"] = parsed.scheme
-            else:
-                kwargs["endpoint_override"] = endpoint
-        region = os.environ.get("AWS_DEFAULT_REGION") or os.environ.get("AWS_REGION")
-        if region:
-            kwargs["region"] = region
-        fs = pafs.S3FileSystem(**kwargs)
-        return fs, f"{bucket}/{key}".rstrip("/")
-    return pafs.LocalFileSystem(), os.path.abspath(local_path(uri))
+_DEFAULT = Storage()
+read_bytes = _DEFAULT.read_bytes
+write_bytes = _DEFAULT.write_bytes
+exists = _DEFAULT.exists
+isdir = _DEFAULT.isdir
+delete = _DEFAULT.delete
+list_uris = _DEFAULT.list_uris
+arrow_filesystem = _DEFAULT.arrow_filesystem

@@ -1,7 +1,10 @@
-"""The distributed batch job: ``submit`` (Ray Data pipeline), ``status``, manifest / LR tools."""
+"""The distributed batch job: ``submit`` (steps run by the Ray Data executor), ``status``, ``nightly``.
+
+See :mod:`pulse_ray.job.steps` for the pipeline and the Step protocol."""
 
 from pulse_ray.io.manifest import ManifestError
 
-from .submit import SubmitOptions, SubmitSummary, UsageError, submit
+from .options import JobOptions, UsageError
+from .submit import SubmitSummary, submit
 
-__all__ = ["ManifestError", "SubmitOptions", "SubmitSummary", "UsageError", "submit"]
+__all__ = ["JobOptions", "ManifestError", "SubmitSummary", "UsageError", "submit"]

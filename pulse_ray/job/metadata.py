@@ -3,14 +3,14 @@
 Layout::
 
     OUT/sr/<id>.png                      SR image of each ``ok`` row
-    OUT/sr/<id>/r<k>.png                 every restart (``--keep-restarts``)
+    OUT/sr/<id>/r<k>.png                 every restart (``--save-restarts``)
     OUT/metadata/part-<hash>.parquet     one file per written batch (atomic)
-    OUT/restarts/part-<hash>.parquet     one row per restart (``--keep-restarts``)
+    OUT/restarts/part-<hash>.parquet     one row per restart (``--save-restarts``)
 
 ``OUT/sr/<id>/r<k>.png`` is also where an id ``<id>/r<k>`` would put its SR image, so
-an output with restart images (a ``--keep-restarts`` run, or ``OUT/restarts/``
+an output with restart images (a ``--save-restarts`` run, or ``OUT/restarts/``
 not empty) refuses ids ending in ``/r<number>``: they become ``failed`` rows
-(``unsafe_id``); and ``--keep-restarts`` into an OUT that already has ``ok``
+(``unsafe_id``); and ``--save-restarts`` into an OUT that already has ``ok``
 results for such ids is a usage error. Any other two ids never share a file.
 
 Resume reads ``OUT/metadata/`` to find ids that already have an ``ok`` row.
@@ -78,6 +78,7 @@ METADATA_FIELDS = [
     pa.field("restarts", pa.int32()),  # restarts requested
     pa.field("eps", pa.float64()),
     pa.field("keep", pa.string()),  # which result the search kept: "realistic" or "closest"
+    pa.field("grey", pa.bool_()),  # a grey LR: searched and returned in luminance (null in parts before this column)
     pa.field("generator", pa.string()),
     pa.field("seconds", pa.float64()),  # search wall time of the batch / images in it
     pa.field("worker", pa.string()),  # host:pid of the search actor
@@ -110,15 +111,15 @@ def part_name(ids: list[str], salt: str = "") -> str:
     return f"part-{h.hexdigest()[:20]}.parquet"
 
 
-def metadata_files(out: str, sub: str = METADATA_DIR) -> list[str]:
-    return storage.list_uris(storage.join(out, sub), suffix=".parquet")
+def metadata_files(out: str, sub: str = METADATA_DIR, store: storage.Storage | None = None) -> list[str]:
+    return (store or storage.Storage()).list_uris(storage.join(out, sub), suffix=".parquet")
 
 
-def _read_all(files: list[str], columns: list[str] | None = None) -> pa.Table | None:
+def _read_all(files: list[str], columns: list[str] | None = None, store: storage.Storage | None = None) -> pa.Table | None:
     tables = []
     for f in files:
         try:
-            t = read_table(f, columns=columns)
+            t = read_table(f, columns=columns, store=store)
         except FileNotFoundError:  # compacted away between list and read
             continue
         tables.append(t)
@@ -159,12 +160,13 @@ def dedup(table: pa.Table, redone: set[str] | frozenset[str] | None = None) -> p
     return table.take(pa.array(keep, pa.int64()))
 
 
-def read_metadata(out: str, *, dedup_rows: bool = True, columns: list[str] | None = None) -> pa.Table:
+def read_metadata(out: str, *, dedup_rows: bool = True, columns: list[str] | None = None,
+                  store: storage.Storage | None = None) -> pa.Table:
     """All metadata rows under ``OUT/metadata/`` (deduplicated by id unless told not to)."""
     cols = None
     if columns is not None:
         cols = list(dict.fromkeys(["id", "status", "finished_at", *columns]))
-    t = _read_all(metadata_files(out), columns=cols)
+    t = _read_all(metadata_files(out, store=store), columns=cols, store=store)
     if t is None:
         return pa.schema(METADATA_FIELDS).empty_table()
     if dedup_rows:
@@ -174,20 +176,20 @@ def read_metadata(out: str, *, dedup_rows: bool = True, columns: list[str] | Non
     return t
 
 
-def read_restarts(out: str) -> pa.Table:
-    """Per-restart rows (``--keep-restarts``) of the results ``OUT/metadata/`` keeps: one
+def read_restarts(out: str, store: storage.Storage | None = None) -> pa.Table:
+    """Per-restart rows (``--save-restarts``) of the results ``OUT/metadata/`` keeps: one
     per (id, restart), only for ids whose kept row is ``ok`` and from the same batch
     (same ``finished_at``). Rows of an earlier run of a redone id (``--overwrite``),
     or of an id whose SR write failed, describe no kept result and are left out."""
-    t = _read_all(metadata_files(out, RESTARTS_DIR))
+    t = _read_all(metadata_files(out, RESTARTS_DIR, store), store=store)
     if t is None:
         return pa.schema(RESTART_FIELDS).empty_table()
-    return _current_restarts(out, t)
+    return _current_restarts(out, t, store)
 
 
-def _current_restarts(out: str, restarts: pa.Table) -> pa.Table:
+def _current_restarts(out: str, restarts: pa.Table, store: storage.Storage | None = None) -> pa.Table:
     """The rows of ``restarts`` that belong to the kept metadata row of their id."""
-    kept = read_metadata(out, columns=["id", "status", "finished_at"])
+    kept = read_metadata(out, columns=["id", "status", "finished_at"], store=store)
     batch_of = {
         i: f
         for i, s, f in zip(
@@ -210,16 +212,16 @@ def _current_restarts(out: str, restarts: pa.Table) -> pa.Table:
     return restarts.filter(pa.array(mask, pa.bool_()))
 
 
-def done_ids(out: str) -> set[str]:
+def done_ids(out: str, store: storage.Storage | None = None) -> set[str]:
     """Ids that already have an ``ok`` row in OUT's metadata."""
-    t = _read_all(metadata_files(out), columns=["id", "status"])
+    t = _read_all(metadata_files(out, store=store), columns=["id", "status"], store=store)
     if t is None:
         return set()
     mask = pc.equal(t.column("status"), "ok").fill_null(False)
     return set(t.filter(mask).column("id").to_pylist())
 
 
-def compact(out: str, sub: str = METADATA_DIR, redone=None) -> int:
+def compact(out: str, sub: str = METADATA_DIR, redone=None, store: storage.Storage | None = None) -> int:
     """Rewrite ``OUT/<sub>/`` as one deduplicated part; returns its row count.
     ``redone``: see :func:`dedup` (``--overwrite``).
 
@@ -227,23 +229,24 @@ def compact(out: str, sub: str = METADATA_DIR, redone=None) -> int:
     removed, and readers dedup, so a crash in between only leaves duplicates
     that every reader already resolves.
     """
-    files = metadata_files(out, sub)
+    store = store or storage.Storage()
+    files = metadata_files(out, sub, store)
     if not files:
         return 0
-    t = _read_all(files)
+    t = _read_all(files, store=store)
     if t is None:
         return 0
     if sub == METADATA_DIR:
         d = dedup(t, redone)
     else:
-        d = _current_restarts(out, t)
+        d = _current_restarts(out, t, store)
     if len(files) == 1 and d.num_rows == t.num_rows:
         return d.num_rows
     if "id" in d.column_names and d.num_rows:
         d = d.sort_by([("id", "ascending")])
     target = storage.join(out, sub, f"part-compact-{uuid.uuid4().hex[:12]}.parquet")
-    write_table(d, target)
+    write_table(d, target, store)
     for f in files:
         if f != target:
-            storage.delete(f)
+            store.delete(f)
     return d.num_rows

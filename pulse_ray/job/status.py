@@ -6,15 +6,18 @@ from collections import Counter
 
 import numpy as np
 
-from . import metadata as md
+from pulse_ray.io import storage
+
+from .output import Output
 
 __all__ = ["job_status", "format_status"]
 
 
-def job_status(out: str) -> dict:
-    """Summary of ``OUT/metadata`` (deduplicated: one row per id)."""
-    t = md.read_metadata(out)
-    raw_rows = md.read_metadata(out, dedup_rows=False, columns=["id"]).num_rows
+def job_status(out: str, store: storage.Storage | None = None) -> dict:
+    """Summary of ``OUT/metadata`` (deduplicated: one row per id) and OUT's last run record."""
+    o = Output(str(out), store or storage.Storage())
+    t = o.read_metadata()
+    raw_rows = o.read_metadata(dedup_rows=False, columns=["id"]).num_rows
     n = t.num_rows
     status = t.column("status").to_pylist()
     conv = t.column("converged").to_pylist()
@@ -51,6 +54,7 @@ def job_status(out: str) -> dict:
         "generators": sorted({g for g in t.column("generator").to_pylist() if g}),
         "first_finished": min(fin).isoformat() if fin else None,
         "last_finished": max(fin).isoformat() if fin else None,
+        "last_run": o.last_run_record(),
     }
 
 
@@ -79,6 +83,13 @@ def format_status(s: dict) -> str:
             ex = s["error_examples"].get(k, "")
             ex = ex if len(ex) <= 100 else ex[:97] + "..."
             lines.append(f"    {k:<16} {v:>6}   e.g. {ex}")
+    run = s.get("last_run")
+    if run:
+        c, tm = run.get("counts", {}), run.get("timings", {})
+        gen = run.get("generator", {})
+        lines.append(f"  last run   {run.get('started', '-')}: {c.get('processed', 0)} processed, ok {c.get('ok')}, "
+                     f"failed {c.get('failed')} in {_f(tm.get('seconds'), '{:.1f}')}s; generator "
+                     f"{gen.get('name', '-')} ({(gen.get('sha256') or '-')[:12]})")
     if s["metadata_rows"] != s["rows"]:
         lines.append(f"  note       {s['metadata_rows']} metadata rows for {s['rows']} ids (deduplicated: ok first, then latest)")
     return "\n".join(lines)

@@ -30,6 +30,7 @@ class Generator:
         self.gaussian_fit = gaussian_fit
         self.name = name
         self.meta = dict(meta or {})
+        self.source_sha256: str | None = None  # sha256 of the file it was loaded from (load_generator)
         self.device = next(synthesis.parameters()).device
 
     @property
@@ -94,13 +95,13 @@ def bundled_generators() -> list[str]:
     return sorted(p.stem for p in WEIGHTS_DIR.glob("*.pt"))
 
 
-def _read_source(source: str) -> tuple[bytes, str]:
+def _read_source(source: str, store=None) -> tuple[bytes, str]:
     """Bytes of a bundled name, local path, file:// or s3:// URI, and a description for errors."""
     if source.startswith("s3://"):
         from ..io import storage
 
         try:
-            return storage.read_bytes(source), source
+            return (store or storage.Storage()).read_bytes(source), source
         except Exception as e:
             raise CheckpointError(f"{source}: could not read from S3: {e}") from e
     path = Path(source[len("file://"):] if source.startswith("file://") else source)
@@ -162,20 +163,21 @@ def _build(parts: dict, where: str) -> tuple[SynthesisNetwork, MappingNetwork | 
 
 
 def load_generator(source: str | os.PathLike | None = None, *, gaussian_fit=None, mapping=None,
-                   device=None, fit_samples: int = 1_000_000) -> Generator:
+                   device=None, fit_samples: int = 1_000_000, store=None) -> Generator:
     """Load a generator: bundled name (default ``faces64``), local path, ``file://`` or ``s3://``.
 
     ``gaussian_fit`` (path, URI or ``{"mean","std"}``) overrides the checkpoint's; ``mapping``
     (path or URI of a mapping state dict) adds a mapping network to a bare synthesis file. With a
     mapping network but no fit, the fit is computed as PULSE does (``fit_samples`` latents) and
     cached under ``$PULSE_RAY_CACHE`` (default ``~/.cache/pulse-ray``). The device is CUDA
-    when available unless ``device`` says otherwise.
+    when available unless ``device`` says otherwise. ``store`` (a :class:`pulse_ray.io.storage.Storage`)
+    reaches ``s3://`` sources; the loaded generator's ``source_sha256`` is the hash of its file.
     """
     source = DEFAULT_GENERATOR if source is None else str(source)
-    data, where = _read_source(source)
+    data, where = _read_source(source, store)
     parts = split_checkpoint(load_weights_file(data, where), where)
     if mapping is not None:
-        mdata, mwhere = _read_source(str(mapping))
+        mdata, mwhere = _read_source(str(mapping), store)
         mparts = split_checkpoint(load_weights_file(mdata, mwhere), mwhere)
         if mparts["mapping"] is None:
             raise CheckpointError(f"{mwhere}: holds no mapping network")
@@ -188,7 +190,7 @@ def load_generator(source: str | os.PathLike | None = None, *, gaussian_fit=None
         if isinstance(gaussian_fit, dict):
             parts["gaussian_fit"] = check_gaussian_fit(gaussian_fit, "gaussian_fit argument")
         else:
-            gdata, gwhere = _read_source(str(gaussian_fit))
+            gdata, gwhere = _read_source(str(gaussian_fit), store)
             fit = split_checkpoint(load_weights_file(gdata, gwhere), gwhere)["gaussian_fit"]
             if fit is None:
                 raise CheckpointError(f"{gwhere}: not a gaussian fit (expected a dict with 'mean' and 'std')")
@@ -201,5 +203,6 @@ def load_generator(source: str | os.PathLike | None = None, *, gaussian_fit=None
                               f"{synthesis.dlatent_size}")
     name = parts["meta"].get("name") or Path(where).stem
     g = Generator(synthesis, mapping_net, fit, name=name, meta=parts["meta"])
+    g.source_sha256 = hashlib.sha256(data).hexdigest()
     dev = torch.device(device) if device is not None else torch.device("cuda" if torch.cuda.is_available() else "cpu")
     return g.to(dev)

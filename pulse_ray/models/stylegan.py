@@ -63,10 +63,8 @@ class UpBlock(nn.Module):
 class SynthesisNetwork(nn.Module):
     """Maps per-layer latents ``[B, num_layers, 512]`` and noise to an image in [-1, 1].
 
-    ``forward(dlatents, noise, levels=None)``: ``noise`` is a list of ``num_layers`` tensors of
+    ``forward(dlatents, noise=None)``: ``noise`` is a list of ``num_layers`` tensors of
     shape ``[B, 1, 2**(i//2+2), 2**(i//2+2)]`` (or ``None`` entries for fresh noise).
-    ``levels`` (used by progressive training) stops after that many blocks and returns the
-    features instead of RGB.
     """
 
     def __init__(self, channels: list[int], num_channels: int = 3, dlatent_size: int = DLATENT_SIZE):
@@ -93,10 +91,10 @@ class SynthesisNetwork(nn.Module):
         """Shapes of the noise tensors each layer takes."""
         return [(batch, 1, 2 ** (i // 2 + 2), 2 ** (i // 2 + 2)) for i in range(self.num_layers)]
 
-    def features(self, dlatents: torch.Tensor, noise: list, levels: int | None = None) -> torch.Tensor:
-        """Run the first ``levels`` blocks (all by default) and return their feature maps."""
+    def features(self, dlatents: torch.Tensor, noise: list) -> torch.Tensor:
+        """Run every block and return the last one's feature maps (before ``torgb``)."""
         x = None
-        for i, block in enumerate(list(self.blocks.values())[:levels]):
+        for i, block in enumerate(self.blocks.values()):
             lat, nz = dlatents[:, 2 * i:2 * i + 2], noise[2 * i:2 * i + 2]
             x = block(lat, nz) if i == 0 else block(x, lat, nz)
         return x

@@ -2,6 +2,8 @@
 
 from .downscale import downscale
 from .losses import parse_loss
+from .options import OptionError, SearchOptions
 from .pulse import SearchResult, check_lr_size, search_seed, upsample
 
-__all__ = ["SearchResult", "check_lr_size", "downscale", "parse_loss", "search_seed", "upsample"]
+__all__ = ["OptionError", "SearchOptions", "SearchResult", "check_lr_size", "downscale", "parse_loss", "search_seed",
+           "upsample"]

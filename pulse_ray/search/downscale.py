@@ -7,7 +7,7 @@ import functools
 import torch
 import torch.nn.functional as F
 
-MAX_FACTOR = 64
+from ..sizes import MAX_FACTOR
 
 
 def _cubic(x: float, a: float = -0.5) -> float:

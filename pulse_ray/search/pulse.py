@@ -16,17 +16,16 @@ from dataclasses import dataclass, field
 import torch
 
 from ..models.generator import Generator, load_generator
-from .downscale import MAX_FACTOR, downscale
+from ..sizes import check_lr_size, valid_lr_sizes  # noqa: F401  (re-exported)
+from .downscale import downscale
 from .losses import l2_per_sample, loss_per_sample, parse_loss
 from .optim import BatchedSphericalOptimizer
+from .options import KEEP_RULES, NOISE_TYPES, PRECISIONS, SearchOptions  # noqa: F401  (re-exported)
 
-NOISE_TYPES = ("zero", "fixed", "trainable")
 #: ITU-R 601 luma weights: a grey LR input is matched, and its result returned, in this luminance
 LUMA = (0.299, 0.587, 0.114)
 #: channels that agree to within 8-bit rounding make an RGB input grey
 GREY_TOLERANCE = 1.5 / 255
-KEEP_RULES = ("realistic", "closest")
-PRECISIONS = ("fp32", "tf32", "bf16")
 
 
 def resolve_precision(precision: str | None, device: torch.device) -> str:
@@ -101,29 +100,8 @@ class SearchResult:
     restart: int  # which restart produced it
     steps: int  # optimizer steps that restart ran
     seed: int  # the seed of that restart's search
-    restarts: list = field(default_factory=list)  # per-restart results with keep_restarts=True
+    restarts: list = field(default_factory=list)  # per-restart results with save_restarts=True
     grey: bool = False  # the LR input was grey: searched and returned in luminance (R = G = B)
-
-
-def check_lr_size(height: int, width: int, resolution: int) -> int:
-    """The power-of-two factor from an LR size to the generator's resolution, or a clear ValueError."""
-    if height != width:
-        raise ValueError(f"LR image is {width}x{height}: PULSE needs a square image "
-                         f"(crop it to a square face first, e.g. pulse-ray make-manifest --align)")
-    if height <= 0 or height >= resolution or resolution % height:
-        raise ValueError(f"LR image is {width}x{height}: its size must divide the generator's resolution "
-                         f"{resolution} by a power of two from 2 to {MAX_FACTOR} "
-                         f"(valid sizes: {valid_lr_sizes(resolution)})")
-    factor = resolution // height
-    if factor & (factor - 1) or factor > MAX_FACTOR:
-        raise ValueError(f"LR image is {width}x{height}: {resolution}/{height} = {factor} is not a power of two "
-                         f"from 2 to {MAX_FACTOR} (valid sizes: {valid_lr_sizes(resolution)})")
-    return factor
-
-
-def valid_lr_sizes(resolution: int) -> str:
-    sizes = [resolution // f for f in (2**k for k in range(1, 7)) if resolution // f >= 1 and resolution % f == 0]
-    return ", ".join(f"{s}x{s}" for s in sizes)
 
 
 def search_seed(seed: int, key: str, restart: int) -> int:
@@ -166,24 +144,25 @@ def _prepare_lr(img: torch.Tensor, index: int) -> torch.Tensor:
 class _Searches:
     """Slot storage: latents, noise, optimizer, best iterate per slot."""
 
-    def __init__(self, g: Generator, slots: int, opts: dict):
-        self.g, self.opts, dev = g, opts, g.device
-        n = 1 if opts["tile_latent"] else g.num_layers
+    def __init__(self, g: Generator, slots: int, o: SearchOptions):
+        dev = g.device
+        self.g = g
+        n = 1 if o.tile_latent else g.num_layers
         self.latent = torch.zeros(slots, n, 512, device=dev)
-        bad = {int(x) for x in str(opts["bad_noise_layers"]).split(".") if x.strip() != ""}
+        bad = {int(x) for x in str(o.bad_noise_layers).split(".") if x.strip() != ""}
         self.trainable, self.fixed_noise, self.noise_kind = [], [], []
         for i, shape in enumerate(g.synthesis.noise_shapes(slots)):
-            if opts["noise_type"] == "zero" or i in bad:
+            if o.noise_type == "zero" or i in bad:
                 kind = "zero"
-            elif opts["noise_type"] == "trainable" and i < opts["num_trainable_noise_layers"]:
+            elif o.noise_type == "trainable" and i < o.num_trainable_noise_layers:
                 kind = "trainable"
             else:
                 kind = "fixed"
             self.noise_kind.append(kind)
             buf = torch.zeros(shape, device=dev)
             (self.trainable if kind == "trainable" else self.fixed_noise).append(buf)
-        self.opt = BatchedSphericalOptimizer(opts["optimizer"], [self.latent, *self.trainable],
-                                             opts["learning_rate"], opts["lr_schedule"], opts["steps"])
+        self.opt = BatchedSphericalOptimizer(o.optimizer, [self.latent, *self.trainable],
+                                             o.learning_rate, o.lr_schedule, o.steps)
         self.best_mse = torch.full((slots,), float("inf"))
         self.best_loss = torch.full((slots,), float("inf"))  # total loss of the best iterate
         self.best_step = torch.zeros(slots, dtype=torch.long)
@@ -230,17 +209,13 @@ def _rank(mse: float, loss: float, eps: float, keep: str) -> tuple:
     return (1, mse)
 
 
-def upsample(lr_batch, generator: Generator | str | None = None, *, restarts: int = 4, steps: int = 100,
-             eps: float = 2e-3, seed: int = 0, ids=None, keep_restarts: bool = False,
-             loss: str = "100*L2+0.05*GEOCROSS", optimizer: str = "adam", learning_rate: float = 0.4,
-             lr_schedule: str = "linear1cycledrop", noise_type: str = "trainable",
-             num_trainable_noise_layers: int = 5, bad_noise_layers: str = "17", tile_latent: bool = False,
-             batch_size: int | None = None, early_stop: bool = True, patience: int = 10,
-             skip_converged_restarts: bool = False, keep: str = "realistic", precision: str | None = None,
-             compile: bool = False) -> list[SearchResult]:
+def upsample(lr_batch, generator: Generator | str | None = None, options: SearchOptions | None = None, *,
+             ids=None, **overrides) -> list[SearchResult]:
     """Super-resolve LR faces with PULSE; one :class:`SearchResult` per input image.
 
     ``lr_batch``: ``[B, C, h, w]`` in [0, 1] or a list of ``[C, h, w]`` (sizes may differ).
+    The settings are a :class:`~pulse_ray.search.options.SearchOptions` (``options``), any field of
+    which may also be given as a keyword (``restarts=2, steps=50``), overriding it.
     ``restarts`` independent searches per image, seeded from (``seed``, id, restart). Which iterate
     a search keeps, and which restart an image keeps, is ``keep``:
     - ``"realistic"`` (PULSE's rule): of the iterates that downscale to within ``eps``, the one with
@@ -260,41 +235,26 @@ def upsample(lr_batch, generator: Generator | str | None = None, *, restarts: in
     generator object). Both change rounding, so results then agree with fp32 within tolerance rather
     than bit for bit, and are no longer guaranteed independent of the batch.
     """
+    o = SearchOptions.from_kwargs(options, **overrides)
     g = generator if isinstance(generator, Generator) else load_generator(generator)
     g.require_gaussian_fit()
-    precision = resolve_precision(precision, g.device)
+    precision = resolve_precision(o.precision, g.device)
     with _cuda_fp32_mode(precision, g.device):
-        return _upsample(lr_batch, g, restarts=restarts, steps=steps, eps=eps, seed=seed, ids=ids,
-                         keep_restarts=keep_restarts, loss=loss, optimizer=optimizer,
-                         learning_rate=learning_rate, lr_schedule=lr_schedule, noise_type=noise_type,
-                         num_trainable_noise_layers=num_trainable_noise_layers,
-                         bad_noise_layers=bad_noise_layers, tile_latent=tile_latent, batch_size=batch_size,
-                         early_stop=early_stop, patience=patience,
-                         skip_converged_restarts=skip_converged_restarts, keep=keep,
-                         synthesize=_synthesis_fn(g, precision, compile))
+        return _upsample(lr_batch, g, o, ids, synthesize=_synthesis_fn(g, precision, o.compile))
 
 
-def _upsample(lr_batch, g: Generator, *, restarts, steps, eps, seed, ids, keep_restarts, loss, optimizer,
-              learning_rate, lr_schedule, noise_type, num_trainable_noise_layers, bad_noise_layers, tile_latent,
-              batch_size, early_stop, patience, skip_converged_restarts, keep, synthesize) -> list[SearchResult]:
+def _upsample(lr_batch, g: Generator, o: SearchOptions, ids, synthesize) -> list[SearchResult]:
+    restarts, steps, eps, seed, keep = o.restarts, o.steps, o.eps, o.seed, o.keep
     images = list(lr_batch) if not torch.is_tensor(lr_batch) else list(lr_batch.unbind(0)) \
         if lr_batch.dim() == 4 else None
     if images is None:
         raise ValueError(f"lr_batch must be [B, C, h, w] or a list of [C, h, w], got shape {list(lr_batch.shape)}")
-    if restarts < 1 or steps < 1:
-        raise ValueError(f"restarts and steps must be >= 1 (got restarts={restarts}, steps={steps})")
-    if noise_type not in NOISE_TYPES:
-        raise ValueError(f"unknown noise type {noise_type!r} (known: {', '.join(NOISE_TYPES)})")
-    if eps < 0:
-        raise ValueError(f"eps must be >= 0, got {eps}")
-    if keep not in KEEP_RULES:
-        raise ValueError(f"unknown keep rule {keep!r} (known: {', '.join(KEEP_RULES)})")
     keys = [str(k) for k in ids] if ids is not None else [str(i) for i in range(len(images))]
     if len(keys) != len(images):
         raise ValueError(f"{len(keys)} ids for {len(images)} images")
     if not images:
         return []
-    terms = parse_loss(loss)
+    terms = parse_loss(o.loss)
     refs, factors, grey = [], [], []
     for i, img in enumerate(images):
         img = _prepare_lr(img, i)
@@ -303,11 +263,8 @@ def _upsample(lr_batch, g: Generator, *, restarts, steps, eps, seed, ids, keep_r
         refs.append((luminance(img[None])[0] if grey[-1] else img).to(g.device))
 
     queue = [(i, r) for i in range(len(images)) for r in range(restarts)]
-    slots = min(len(queue), batch_size or g.default_batch_size())
-    opts = dict(tile_latent=tile_latent, bad_noise_layers=bad_noise_layers, noise_type=noise_type,
-                num_trainable_noise_layers=num_trainable_noise_layers, optimizer=optimizer,
-                learning_rate=learning_rate, lr_schedule=lr_schedule, steps=steps)
-    s = _Searches(g, slots, opts)
+    slots = min(len(queue), o.batch_size or g.default_batch_size())
+    s = _Searches(g, slots, o)
     owner: list = [None] * slots  # (image, restart, seed) per slot
     outcome = {}  # (image, restart) -> SearchResult
     converged_images = set()
@@ -315,7 +272,7 @@ def _upsample(lr_batch, g: Generator, *, restarts, steps, eps, seed, ids, keep_r
     def fill(slot: int) -> None:
         while queue:
             i, r = queue.pop(0)
-            if skip_converged_restarts and i in converged_images:
+            if o.skip_converged_restarts and i in converged_images:
                 continue
             sd = search_seed(seed, keys[i], r)
             s.start(slot, sd)
@@ -336,7 +293,7 @@ def _upsample(lr_batch, g: Generator, *, restarts, steps, eps, seed, ids, keep_r
         rows_dev = rows.to(g.device)
         latent = s.latent[rows_dev].clone().requires_grad_(True)
         trainable = [t[rows_dev].clone().requires_grad_(True) for t in s.trainable]
-        w = latent.expand(-1, g.num_layers, -1) if tile_latent else latent
+        w = latent.expand(-1, g.num_layers, -1) if o.tile_latent else latent
         w = g.latents_from_prior(w)
         hr = (synthesize(w, s.noise_for(rows_dev, trainable)) + 1) / 2
         grey_rows = torch.tensor([grey[owner[k][0]] for k in active], device=hr.device)
@@ -372,7 +329,7 @@ def _upsample(lr_batch, g: Generator, *, restarts, steps, eps, seed, ids, keep_r
             done_steps = int(s.opt.step_count[k])
             conv = bool(s.best_mse[k] <= eps)
             finished = done_steps >= steps or (
-                early_stop and conv and done_steps - int(s.best_step[k]) > patience)
+                o.early_stop and conv and done_steps - int(s.best_step[k]) > o.patience)
             if finished:
                 i, r, sd = owner[k]
                 image = s.best_image[k].to("cpu", copy=True)
@@ -393,5 +350,5 @@ def _upsample(lr_batch, g: Generator, *, restarts, steps, eps, seed, ids, keep_r
         results.append(SearchResult(image=best.image, downscale_mse=best.downscale_mse, output_mse=best.output_mse,
                                     converged=best.converged, loss=best.loss,
                                     restart=best.restart, steps=best.steps, seed=best.seed,
-                                    restarts=runs if keep_restarts else [], grey=grey[i]))
+                                    restarts=runs if o.save_restarts else [], grey=grey[i]))
     return results

@@ -1,4 +1,7 @@
-"""``make-manifest`` and ``downscale``: image folders / prefixes -> manifests / LR images."""
+"""``make-manifest`` and ``downscale``: image folders / prefixes -> manifests / LR images.
+
+Every function takes a ``store`` (:class:`pulse_ray.io.storage.Storage`) for its reads and writes.
+"""
 
 from __future__ import annotations
 
@@ -22,12 +25,13 @@ class ToolResult:
     output: str = ""
 
 
-def list_images(src: str) -> list[tuple[str, str]]:
+def list_images(src: str, store: storage.Storage | None = None) -> list[tuple[str, str]]:
     """``(uri, relative posix path)`` of every image under a folder / prefix (or one file)."""
     src = os.fspath(src)
-    uris = storage.list_uris(src, suffix=images.IMAGE_SUFFIXES)
+    store = store or storage.Storage()
+    uris = store.list_uris(src, suffix=images.IMAGE_SUFFIXES)
     if not uris:
-        if storage.exists(src) and not storage.isdir(src) and src.lower().endswith(images.IMAGE_SUFFIXES):
+        if store.exists(src) and not store.isdir(src) and src.lower().endswith(images.IMAGE_SUFFIXES):
             return [(src, posixpath.basename(src.replace(os.sep, "/")))]
         return []
     out = []
@@ -57,38 +61,47 @@ def _abs_uri(u: str) -> str:
     return os.path.abspath(u)
 
 
-def make_manifest(src: str, manifest: str, *, align: bool = False, lr_size: int | None = None) -> ToolResult:
+def make_manifest(src: str, manifest: str, *, align: bool = False, lr_size: int | None = None,
+                  store: storage.Storage | None = None, crop_face=None) -> ToolResult:
     """Folder / ``s3://`` prefix of images -> manifest (Parquet).
 
     Without ``align``: columns ``id, uri`` (absolute paths / URIs; nothing is read).
-    With ``align``: each image's largest face is found (OpenCV cascade), cropped
-    square and resized to ``lr_size`` px (default 16); columns ``id, image`` (PNG
-    bytes) and ``source_uri``. Images without a face are skipped and reported.
+    With ``align``: each image's face is cropped square and resized to ``lr_size`` px
+    (default 16) by ``crop_face(PIL image, size) -> PIL image | None`` (default: the largest
+    face by OpenCV's cascade, :func:`pulse_ray.io.align.align_face`); columns ``id, image``
+    (PNG bytes) and ``source_uri``. Images without a face are skipped and reported.
     """
     if lr_size is not None and not align:
         raise ValueError("--lr-size only applies with --align")
     if lr_size is not None and lr_size < 1:
         raise ValueError(f"--lr-size must be >= 1 (got {lr_size})")
-    found = list_images(src)
+    store = store or storage.Storage()
+    found = list_images(src, store)
     if not found:
         raise FileNotFoundError(f"no images ({', '.join(images.IMAGE_SUFFIXES)}) under {src}")
     ids = _ids_for([r for _, r in found])
     res = ToolResult(output=str(manifest))
-    if not align:
-        table = pa.table({"id": pa.array(ids, pa.string()), "uri": pa.array([_abs_uri(u) for u, _ in found], pa.string())})
-        write_table(table, manifest)
-        res.written = table.num_rows
-        return res
+    if align:
+        if crop_face is None:
+            from pulse_ray.io.align import align_face as crop_face
+        table = _aligned_table(found, ids, lr_size or 16, crop_face, store, res)
+    else:
+        table = pa.table({"id": pa.array(ids, pa.string()),
+                          "uri": pa.array([_abs_uri(u) for u, _ in found], pa.string())})
+    write_table(table, manifest, store)
+    res.written = table.num_rows
+    return res
+
+
+def _aligned_table(found, ids, size: int, crop_face, store: storage.Storage, res: ToolResult) -> pa.Table:
+    """``id, image, source_uri`` of the faces ``crop_face`` finds; the rest go to ``res.skipped``."""
     from PIL import Image
 
-    from pulse_ray.io.align import align_face
-
-    size = lr_size or 16
     out_ids, blobs, sources = [], [], []
     for (uri, _), rid in zip(found, ids):
         try:
-            arr = images.decode_image(storage.read_bytes(uri), where=uri)
-            face = align_face(Image.fromarray(arr, "RGB"), size)
+            arr = images.decode_image(store.read_bytes(uri), where=uri)
+            face = crop_face(Image.fromarray(arr, "RGB"), size)
         except Exception as exc:
             res.skipped.append((uri, str(exc)))
             continue
@@ -100,19 +113,11 @@ def make_manifest(src: str, manifest: str, *, align: bool = False, lr_size: int 
         out_ids.append(rid)
         blobs.append(buf.getvalue())
         sources.append(_abs_uri(uri))
-    table = pa.table(
-        {
-            "id": pa.array(out_ids, pa.string()),
-            "image": pa.array(blobs, pa.binary()),
-            "source_uri": pa.array(sources, pa.string()),
-        }
-    )
-    write_table(table, manifest)
-    res.written = table.num_rows
-    return res
+    return pa.table({"id": pa.array(out_ids, pa.string()), "image": pa.array(blobs, pa.binary()),
+                     "source_uri": pa.array(sources, pa.string())})
 
 
-def downscale_images(src: str, out: str, factor: int) -> ToolResult:
+def downscale_images(src: str, out: str, factor: int, store: storage.Storage | None = None) -> ToolResult:
     """HR images -> LR images (``pulse_ray.downscale``, the degradation the search
     inverts) at ``OUT/<same relative path>.png``. Images whose sides the factor does
     not divide are skipped and reported."""
@@ -128,20 +133,21 @@ def downscale_images(src: str, out: str, factor: int) -> ToolResult:
         check_factor(factor)
     except ValueError as exc:
         raise ValueError(f"--factor: {exc}") from None
-    found = list_images(src)
+    store = store or storage.Storage()
+    found = list_images(src, store)
     if not found:
         raise FileNotFoundError(f"no images ({', '.join(images.IMAGE_SUFFIXES)}) under {src}")
     res = ToolResult(output=str(out))
     for uri, rel in found:
         try:
-            arr = images.decode_image(storage.read_bytes(uri), where=uri)
+            arr = images.decode_image(store.read_bytes(uri), where=uri)
             h, w = arr.shape[:2]
             if h % factor or w % factor:
                 raise ValueError(f"{w}x{h} is not divisible by factor {factor}")
             hr = torch.from_numpy(arr.copy()).permute(2, 0, 1).float().div(255.0)[None]
             lr = pulse_ray.downscale(hr, factor)[0]
             target = storage.join(out, posixpath.splitext(rel)[0] + ".png")
-            storage.write_bytes(target, images.encode_png(lr.clamp(0, 1)))
+            store.write_bytes(target, images.encode_png(lr.clamp(0, 1)))
             res.written += 1
         except Exception as exc:
             res.skipped.append((uri, str(exc)))
