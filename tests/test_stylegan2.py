@@ -416,3 +416,26 @@ def test_sample_is_seeded(small):
     a, b, c = small.sample(2, seed=5), small.sample(2, seed=5), small.sample(2, seed=6)
     assert a.shape == (2, 3, 64, 64) and 0 <= a.min() and a.max() <= 1
     assert torch.equal(a, b) and not torch.equal(a, c)
+
+
+# ----------------------------------------------------------------------------- device check
+
+
+def test_device_check_stylegan2_tiny_runs_on_cpu(tmp_path):
+    import json
+    import subprocess
+
+    from .helpers import REPO
+
+    out = tmp_path / "dc.json"
+    cmd = [sys.executable, str(REPO / "benchmarks" / "device_check.py"), "--stylegan2", "--tiny", "--device", "cpu",
+           "--batches", "1,2", "--json", str(out)]
+    env = {**os.environ, "PYTHONPATH": str(REPO), "OMP_NUM_THREADS": "1"}
+    proc = subprocess.run(cmd, capture_output=True, text=True, timeout=600, env=env)
+    assert proc.returncode == 0, proc.stderr[-3000:]
+    res = json.loads(out.read_text())
+    assert res["generator"] == "stylegan2-tiny32" and res["resolution"] == 32
+    assert [r["batch"] for r in res["runs"]] == [1, 2]
+    assert all(r["image_steps_per_s"] > 0 and r["achieved_share_of_fp32_rate"] > 0 for r in res["runs"])
+    assert res["flops_per_image_step"] > res["flops_generator_forward"] > 0
+    assert "reference_loop" not in res  # PULSE's own code has no StyleGAN2

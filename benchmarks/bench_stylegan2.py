@@ -1,0 +1,80 @@
+"""One PULSE search step at 1024 px on this machine: StyleGAN2 (FFHQ-1024 config) next to v1 (FFHQ-1024).
+
+    OMP_NUM_THREADS=1 python benchmarks/bench_stylegan2.py --json benchmarks/results/bench_stylegan2_cpu.json
+
+Both generators have random weights in the official FFHQ-1024 layouts (StyleGAN2: NVIDIA's ``ffhq.pkl``
+config, 18 W+ layers; v1: PULSE's ``synthesis.pt``, from ``../shared/fixtures/pulse_reference.pt``), LR
+128x128 (factor 8), ``pulse_ray.upsample`` in fp32. Per generator and batch: seconds per step and per
+image-step (time of a call with warm-up + steps minus one with warm-up only, after one untimed call of
+the same shapes), FLOPs per image-step (``torch.utils.flop_counter``: matmuls and convolutions), and the
+StyleGAN2 / v1 ratios, all measured in one run so a loaded machine affects both alike.
+"""
+
+from __future__ import annotations
+
+import argparse
+import json
+import os
+import sys
+import time
+
+HERE = os.path.dirname(os.path.abspath(__file__))
+REPO = os.path.dirname(HERE)
+for p in (REPO, HERE):
+    if p not in sys.path:
+        sys.path.insert(0, p)
+
+
+def main(argv=None) -> int:
+    ap = argparse.ArgumentParser(description=__doc__.splitlines()[0])
+    ap.add_argument("--batches", default="1,4")
+    ap.add_argument("--steps", type=int, default=1)
+    ap.add_argument("--warmup", type=int, default=1)
+    ap.add_argument("--factor", type=int, default=8)
+    ap.add_argument("--tiny", action="store_true", help="32 px toy networks (a smoke run)")
+    ap.add_argument("--json", default="bench_stylegan2.json")
+    args = ap.parse_args(argv)
+
+    import torch
+
+    from device_check import (build_generator, build_stylegan2_generator, flops_per_image_step, matrix_rate,
+                              time_upsample)
+
+    dev = torch.device("cpu")
+    batches = [int(b) for b in args.batches.split(",")]
+    gens = {"stylegan2": build_stylegan2_generator(args.tiny, dev), "v1": build_generator(args.tiny, dev)}
+    out = {"date": time.strftime("%Y-%m-%d %H:%M:%S %Z"),
+           "command": "python benchmarks/bench_stylegan2.py " + " ".join(sys.argv[1:] if argv is None else argv),
+           "torch": torch.__version__, "threads": torch.get_num_threads(), "cpus": os.cpu_count(),
+           "steps": args.steps, "warmup": args.warmup, "factor": args.factor,
+           "fp32_matmul_rate_flops": matrix_rate(dev, "fp32", 256 if args.tiny else 1024, 10), "generators": {}}
+    for name, g in gens.items():
+        flops = flops_per_image_step(g, args.factor)
+        entry = {"generator": g.name, "resolution": g.resolution, "num_ws": g.num_layers,
+                 "noise_layers": len(g.synthesis.noise_shapes(1)),
+                 "synthesis_parameters": sum(p.numel() for p in g.synthesis.parameters()),
+                 "flops_per_image_step": flops["step"], "flops_forward": flops["forward"], "runs": []}
+        lr = torch.rand(max(batches), 3, g.resolution // args.factor, g.resolution // args.factor,
+                        generator=torch.Generator().manual_seed(0))
+        for b in batches:
+            r, _ = time_upsample(g, lr, b, "fp32", args.steps, args.warmup)
+            r["seconds_per_image_step"] = r["seconds_per_step"] / b
+            r["share_of_fp32_matmul_rate"] = r["image_steps_per_s"] * flops["step"] / out["fp32_matmul_rate_flops"]
+            entry["runs"].append(r)
+            print(name, json.dumps({k: r[k] for k in ("batch", "seconds_per_step", "seconds_per_image_step")}),
+                  flush=True)
+        out["generators"][name] = entry
+    sg2, v1 = out["generators"]["stylegan2"], out["generators"]["v1"]
+    out["ratios_stylegan2_over_v1"] = {
+        "flops_per_image_step": sg2["flops_per_image_step"] / v1["flops_per_image_step"],
+        "seconds_per_step": {str(a["batch"]): a["seconds_per_step"] / b["seconds_per_step"]
+                             for a, b in zip(sg2["runs"], v1["runs"])}}
+    with open(args.json, "w") as f:
+        json.dump(out, f, indent=2)
+    print(json.dumps(out["ratios_stylegan2_over_v1"]))
+    print(f"wrote {args.json}")
+    return 0
+
+
+if __name__ == "__main__":
+    raise SystemExit(main())
