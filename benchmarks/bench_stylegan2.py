@@ -7,7 +7,8 @@ config, 18 W+ layers; v1: PULSE's ``synthesis.pt``, from ``../shared/fixtures/pu
 128x128 (factor 8), ``pulse_ray.upsample`` in fp32. Per generator and batch: seconds per step and per
 image-step (time of a call with warm-up + steps minus one with warm-up only, after one untimed call of
 the same shapes), FLOPs per image-step (``torch.utils.flop_counter``: matmuls and convolutions), and the
-StyleGAN2 / v1 ratios, all measured in one run so a loaded machine affects both alike.
+StyleGAN2 / v1 ratios, all measured in one run so a loaded machine affects both alike. StyleGAN2 runs
+first, so its ``peak_rss_mb_so_far`` is its own peak (process RSS, weights and activations).
 """
 
 from __future__ import annotations
@@ -15,6 +16,7 @@ from __future__ import annotations
 import argparse
 import json
 import os
+import resource
 import sys
 import time
 
@@ -63,6 +65,7 @@ def main(argv=None) -> int:
             entry["runs"].append(r)
             print(name, json.dumps({k: r[k] for k in ("batch", "seconds_per_step", "seconds_per_image_step")}),
                   flush=True)
+        entry["peak_rss_mb_so_far"] = resource.getrusage(resource.RUSAGE_SELF).ru_maxrss / 1024  # Linux: KiB
         out["generators"][name] = entry
     sg2, v1 = out["generators"]["stylegan2"], out["generators"]["v1"]
     out["ratios_stylegan2_over_v1"] = {

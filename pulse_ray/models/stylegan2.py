@@ -108,6 +108,33 @@ def upsample2d(x: torch.Tensor, f: torch.Tensor) -> torch.Tensor:
     return _fir(up.reshape(b, c, 2 * h, 2 * w), f, (2, 1), 4.0)
 
 
+class _BiasLReLUClamp(torch.autograd.Function):
+    """``clamp(leaky_relu(x + bias, 0.2) * sqrt(2), -c, c)`` saving only its output.
+
+    The output is the next layer's input, kept anyway; the slope and the clamp mask of the
+    backward pass are read from its sign and size, so a layer holds two fewer full-size tensors.
+    """
+
+    @staticmethod
+    def forward(ctx, x, bias, clamp):
+        out = F.leaky_relu(x + bias.to(x.dtype)[None, :, None, None], 0.2) * SQRT2
+        if clamp is not None:
+            out = out.clamp(-clamp, clamp)
+        ctx.clamp = clamp
+        ctx.bias_grad = bias.requires_grad
+        ctx.save_for_backward(out)
+        return out
+
+    @staticmethod
+    def backward(ctx, grad):
+        (out,) = ctx.saved_tensors
+        slope = torch.where(out >= 0, SQRT2, 0.2 * SQRT2).to(grad.dtype)
+        g = grad * slope
+        if ctx.clamp is not None:
+            g = g * (out.abs() < ctx.clamp).to(grad.dtype)
+        return g, (g.sum(dim=[0, 2, 3]) if ctx.bias_grad else None), None
+
+
 class FullyConnected(nn.Module):
     """Dense layer with equalized learning rate (``weight * lr / sqrt(in)``, ``bias * lr``)."""
 
@@ -158,10 +185,7 @@ class SynthesisLayer(nn.Module):
         x = x * dcoefs[:, :, None, None]
         if noise is not None:
             x = x + noise.to(x.dtype) * self.noise_strength.to(x.dtype)
-        x = F.leaky_relu(x + self.bias.to(x.dtype)[None, :, None, None], 0.2) * SQRT2
-        if self.conv_clamp is not None:
-            x = x.clamp(-self.conv_clamp, self.conv_clamp)
-        return x
+        return _BiasLReLUClamp.apply(x, self.bias, self.conv_clamp)
 
 
 class ToRGB(nn.Module):
