@@ -422,13 +422,13 @@ def from_rosinality(sd: dict, latent_avg: torch.Tensor | None) -> tuple[StyleGAN
             raise ValueError(f"{theirs!r} has shape {list(t.shape)}, expected {list(shape)}")
         if name.endswith("resample_filter"):
             continue  # a constant of the architecture; ours is rebuilt
-        ours[name] = t.reshape(ours_shape(name, t))
+        ours[name] = t.reshape(_ours_shape(name, t))
     if latent_avg is not None:
         ours["mapping.w_avg"] = latent_avg.reshape(cfg.w_dim)
     return cfg, ours
 
 
-def ours_shape(name: str, t: torch.Tensor) -> tuple:
+def _ours_shape(name: str, t: torch.Tensor) -> tuple:
     """Our shape of a rosinality tensor (leading singleton dims dropped where ours has none)."""
     if name.endswith(".noise_strength"):
         return ()
