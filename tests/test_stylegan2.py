@@ -324,6 +324,15 @@ def test_hostile_pickles_are_refused_with_nothing_run(tmp_path, payload, global_
     assert not os.path.exists(MARKER)
 
 
+def test_tensorflow_pickle_is_refused_with_a_pointer(tmp_path):
+    # protocol 2 pickle of a call to dnnlib.tflib.network.Network (what the TensorFlow release holds)
+    data = b"\x80\x02cdnnlib.tflib.network\nNetwork\nq\x00)\x81q\x01."
+    path = tmp_path / "stylegan2-ffhq-config-f.pkl"
+    path.write_bytes(data)
+    with pytest.raises(CheckpointError, match="config-f.pkl: refused to load: a TensorFlow StyleGAN pickle"):
+        pulse_ray.load_generator(path, device="cpu")
+
+
 def test_module_source_in_a_pickle_is_never_run(tmp_path, fake_nvidia_modules):
     if os.path.exists(MARKER):
         os.remove(MARKER)

@@ -87,6 +87,10 @@ class _RestrictedUnpickler(pickle.Unpickler):
         try:
             return ALLOWED[(module, name)]
         except KeyError:
+            if module.startswith("dnnlib.tflib"):
+                raise CheckpointError(f"refused to load: a TensorFlow StyleGAN pickle (global {module}.{name}); "
+                                      f"use the PyTorch release of the same weights (e.g. stylegan2-ada-pytorch's "
+                                      f"ffhq.pkl) or a rosinality .pt") from None
             raise CheckpointError(f"refused to load: the pickle needs the global {module}.{name}, which is not "
                                   f"a StyleGAN2 network part; a pickle can run any code, so only known parts "
                                   f"are read") from None
