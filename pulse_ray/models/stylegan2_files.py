@@ -114,8 +114,7 @@ def convert(source: str, out: str, *, half: bool = False, fit_samples: int = 1_0
     data, where = _read_source(str(source))
     syn = g.synthesis.state_dict()
     mapping = g.mapping.state_dict()
-    meta = {"family": FAMILY, "config": g.config.to_dict(), "converted_from": f"{Path(where).name} {short_hash(data)}",
-            "name": Path(where).stem}
+    meta = {"family": FAMILY, "config": g.config.to_dict(), "converted_from": f"{Path(where).name} {short_hash(data)}"}
     save_checkpoint(out, syn, mapping, g.gaussian_fit, meta, half=half)
     return {"resolution": g.resolution, "num_ws": g.num_layers, "source": meta["converted_from"],
             "bytes": Path(out).stat().st_size}
