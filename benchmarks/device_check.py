@@ -5,6 +5,7 @@ loop at batch 1, peak memory, FLOPs per image-step and the achieved share of the
     python benchmarks/device_check.py --tiny --json device_check.json     # 32 px toy network; CPU, seconds
     python benchmarks/device_check.py --device cpu --batches 1,4 --steps 1 --warmup 1 --precisions fp32 \\
         --json cpu1024.json                                               # FFHQ-1024 on the CPU
+    python benchmarks/device_check.py --stylegan2 --json device_check_sg2.json   # StyleGAN2 FFHQ-1024 layout
 
 The generator is the FFHQ-1024 synthesis network's layout (``ffhq1024_synthesis_shapes`` in
 ``shared/fixtures/pulse_reference.pt``) with random weights, and PULSE's FFHQ gaussian fit; the LR
@@ -12,6 +13,11 @@ inputs are random 128x128 images (factor 8). A random network is as expensive as
 An *image-step* is one optimizer step of one search: generator forward, downscale, loss, backward to
 the latent and noise (the weights are frozen), update. Timed over ``--steps`` steps after
 ``--warmup`` steps of the same shape (cuDNN autotuning and allocation excluded).
+
+``--stylegan2``: the same measurements on the StyleGAN2 generator at the official FFHQ-1024 config
+(NVIDIA's ``ffhq.pkl``: channel_base 32768, channel_max 512, conv_clamp 256, 18 W+ layers), random
+weights, searched in W+; no reference loop (PULSE's code has no StyleGAN2). ``--tiny`` with it: a
+32 px StyleGAN2.
 """
 
 from __future__ import annotations
@@ -60,6 +66,24 @@ def build_generator(tiny: bool, device, fixture: str = FIXTURE):
     return g.to(device)
 
 
+def build_stylegan2_generator(tiny: bool, device):
+    """A StyleGAN2 generator with random weights: the FFHQ-1024 config, or a 32 px toy one."""
+    import torch
+
+    from pulse_ray.models.generator import StyleGAN2Generator
+    from pulse_ray.models.stylegan2 import StyleGAN2Config, StyleGAN2Networks
+
+    torch.manual_seed(0)
+    if tiny:
+        cfg = StyleGAN2Config.nvidia(32, channel_base=512, channel_max=32, mapping_layers=2, conv_clamp=256)
+    else:
+        cfg = StyleGAN2Config.nvidia(1024, channel_base=32768, channel_max=512, mapping_layers=8, conv_clamp=256)
+    nets = StyleGAN2Networks(cfg)
+    fit = {"mean": torch.zeros(cfg.w_dim), "std": torch.ones(cfg.w_dim)}  # random weights: any prior costs the same
+    name = "stylegan2-tiny32" if tiny else "stylegan2-ffhq1024-random"
+    return StyleGAN2Generator(nets, fit, name=name).to(device)
+
+
 def _sync(device):
     import torch
 
@@ -84,7 +108,7 @@ def flops_per_image_step(g, factor: int) -> dict:
     ref = torch.rand(b, 3, g.resolution // factor, g.resolution // factor, device=g.device)
     counter = FlopCounterMode(display=False)
     with counter:
-        w = torch.nn.functional.leaky_relu(lat * g.gaussian_fit["std"] + g.gaussian_fit["mean"], 0.2)
+        w = g.latents_from_prior(lat)
         hr = (g.synthesize(w, noise) + 1) / 2
         fwd = counter.get_total_flops()
         total, _ = loss_per_sample(parse_loss("100*L2+0.05*GEOCROSS"), w, pulse_ray.downscale(hr, factor), ref, 2e-3)
@@ -199,6 +223,8 @@ def main(argv=None) -> int:
     ap.add_argument("--compile", action="store_true", help="also time torch.compile (bf16 where available)")
     ap.add_argument("--tolerance-check", action="store_true",
                     help="compare TF32 / bf16 results with fp32 (default on CUDA)")
+    ap.add_argument("--stylegan2", action="store_true",
+                    help="the StyleGAN2 generator (FFHQ-1024 config, random weights; --tiny: 32 px) instead of v1")
     ap.add_argument("--json", default="device_check.json")
     ap.add_argument("--fixture", default=FIXTURE,
                     help="file with ffhq1024_synthesis_shapes and ffhq_gaussian_fit (default: ../shared's fixture)")
@@ -206,14 +232,13 @@ def main(argv=None) -> int:
 
     import torch
 
-
     dev = torch.device(args.device or ("cuda" if torch.cuda.is_available() else "cpu"))
     cuda = dev.type == "cuda"
     batches = [int(b) for b in (args.batches or ("1,2,4" if args.tiny else "1,8,32,64")).split(",")]
     precisions = (args.precisions or ("fp32,tf32,bf16" if cuda else "fp32")).split(",")
     steps = args.steps or (2 if args.tiny else 5)
     t_start = time.perf_counter()
-    g = build_generator(args.tiny, dev, args.fixture)
+    g = build_stylegan2_generator(args.tiny, dev) if args.stylegan2 else build_generator(args.tiny, dev, args.fixture)
     lr_size = g.resolution // args.factor
     gen = torch.Generator().manual_seed(0)
     lr = torch.rand(max(batches), 3, lr_size, lr_size, generator=gen)
@@ -273,7 +298,7 @@ def main(argv=None) -> int:
         r["achieved_share_of_" + peak_name + "_rate"] = r["image_steps_per_s"] * flops["step"] / peak
         out["runs"].append(r)
         print(json.dumps(r), flush=True)
-    if not args.no_reference:
+    if not args.no_reference and not args.stylegan2:
         r = time_reference(g, lr, steps, args.warmup)
         r["achieved_share_of_" + peak_name + "_rate"] = r["image_steps_per_s"] * flops["step"] / peak
         out["reference_loop"] = r

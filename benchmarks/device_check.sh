@@ -4,6 +4,8 @@
 #   benchmarks/device_check.sh            # a GPU when there is one (FFHQ-1024 shapes, < 5 min on an H200),
 #                                         # else the tiny CPU smoke run
 #   benchmarks/device_check.sh --tiny     # the tiny run (32 px toy network) on whatever device there is
+#   benchmarks/device_check.sh --stylegan2 --batches 1,8,32,64   # StyleGAN2 at the FFHQ-1024 config
+#                                         # (fp32/TF32/bf16; with --tiny: a 32 px StyleGAN2)
 #
 # Results: $OUT/device_check.json and $OUT/device_check.log ($OUT defaults to ./device_check_out).
 # Extra arguments go to benchmarks/device_check.py (e.g. --compile, --batches 1,8).

@@ -225,6 +225,29 @@ def nightly(ctx: typer.Context):
     raise typer.Exit(nightly_main(list(ctx.args), prog="pulse-ray nightly"))
 
 
+@app.command("convert")
+def convert_generator(
+    src: Annotated[str, typer.Argument(help="StyleGAN2 file: NVIDIA .pkl or rosinality .pt (path, file:// or s3://).")],
+    out: Annotated[str, typer.Argument(help="The pulse-ray bundle to write (.pt).")],
+    half: Annotated[bool, typer.Option(help="Store the weights as fp16 (half the size; loaded as fp32).")] = False,
+    fit_samples: Annotated[int, typer.Option(help="Latents for the gaussian fit of the mapping network.")] = 1_000_000,
+    s3_endpoint_url: Annotated[Optional[str], typer.Option(help="S3-compatible endpoint.")] = None,
+):
+    """A StyleGAN2 file -> a pulse-ray bundle (weights only, gaussian fit included) that every worker
+    loads fast; its code, if any, is never run."""
+    from pulse_ray.io import storage
+    from pulse_ray.models.checkpoint import CheckpointError
+    from pulse_ray.models.stylegan2_files import convert
+
+    try:
+        res = convert(src, out, half=half, fit_samples=fit_samples, store=storage.Storage(s3_endpoint_url))
+    except (CheckpointError, ValueError, OSError) as exc:
+        typer.echo(f"error: {exc}", err=True)
+        raise typer.Exit(2)
+    typer.echo(f"wrote {out}: StyleGAN2 {res['resolution']} px, {res['num_ws']} latent layers, "
+               f"from {res['source']} ({res['bytes'] / 1e6:.1f} MB)")
+
+
 def main() -> None:  # python -m pulse_ray.cli
     app()
 

@@ -10,6 +10,8 @@ import torch
 
 from .checkpoint import (CheckpointError, check_gaussian_fit, compute_gaussian_fit, load_weights_file,
                          split_checkpoint)
+from .stylegan2 import SQRT2, build_networks
+from .stylegan2_files import read_generator_file, short_hash
 from .stylegan import (MappingNetwork, SynthesisNetwork, mapping_layers_from_state_dict,
                        synthesis_channels_from_state_dict)
 
@@ -90,6 +92,72 @@ class Generator:
         return int(max(1, min(256, 0.5 * free // per_search)))
 
 
+class StyleGAN2Generator(Generator):
+    """A StyleGAN2 generator behind the same interface: W+ latents (``num_layers`` = ``num_ws``), noise
+    per convolution layer (``synthesis.noise_shapes``), and PULSE's prior.
+
+    The prior lives where PULSE puts it, before the mapping network's last activation: the fit is
+    of ``leaky_relu(w / sqrt(2), 5)`` (StyleGAN2's activation has gain sqrt(2)), and
+    :meth:`latents_from_prior` maps back with ``sqrt(2) * leaky_relu(., 0.2)``.
+    """
+
+    def __init__(self, networks, gaussian_fit: dict | None = None, name: str = "generator",
+                 meta: dict | None = None):
+        super().__init__(networks.synthesis, networks.mapping, gaussian_fit, name=name, meta=meta)
+        self.config = networks.cfg
+
+    def latents_from_prior(self, z: torch.Tensor) -> torch.Tensor:
+        fit = self.require_gaussian_fit()
+        return torch.nn.functional.leaky_relu(z * fit["std"] + fit["mean"], 0.2) * SQRT2
+
+    @torch.no_grad()
+    def generate(self, z: torch.Tensor, truncation_psi: float = 1.0, noise_mode: str = "const") -> torch.Tensor:
+        """Images in [-1, 1] from z through the mapping network (``truncation_psi`` towards ``w_avg``)."""
+        w = self.mapping.truncate(self.mapping(z.to(self.device)), truncation_psi)
+        return self.synthesis(w[:, None].expand(-1, self.num_layers, -1), noise_mode=noise_mode)
+
+
+class _PreActivation(torch.nn.Module):
+    """The mapping output with the last activation's sqrt(2) gain undone (what PULSE's fit sees)."""
+
+    def __init__(self, mapping):
+        super().__init__()
+        self.mapping = mapping
+
+    def forward(self, z: torch.Tensor) -> torch.Tensor:
+        return self.mapping(z) / SQRT2
+
+
+def _load_stylegan2(parts: dict, data: bytes, where: str, gaussian_fit, fit_samples: int,
+                    store=None) -> StyleGAN2Generator:
+    try:
+        nets = build_networks(parts["config"], parts["state_dict"], where)
+    except ValueError as e:
+        raise CheckpointError(str(e)) from None
+    fit = parts["gaussian_fit"]
+    if gaussian_fit is not None:
+        fit = _fit_override(gaussian_fit, store)
+    if fit is None:
+        msd = {f"stylegan2-preactivation.{k}": v for k, v in nets.mapping.state_dict().items()}
+        fit = _cached_fit(_PreActivation(nets.mapping), msd, fit_samples)
+    if fit["mean"].shape[0] != parts["config"].w_dim:
+        raise CheckpointError(f"{where}: gaussian fit has {fit['mean'].shape[0]} dims, the generator takes "
+                              f"{parts['config'].w_dim}")
+    meta = dict(parts["meta"], family="stylegan2")
+    return StyleGAN2Generator(nets, fit, name=f"{Path(where).name} {short_hash(data)}", meta=meta)
+
+
+def _fit_override(gaussian_fit, store=None) -> dict:
+    """A ``gaussian_fit`` argument (dict, path or URI) as a checked fit."""
+    if isinstance(gaussian_fit, dict):
+        return check_gaussian_fit(gaussian_fit, "gaussian_fit argument")
+    gdata, gwhere = _read_source(str(gaussian_fit), store)
+    fit = split_checkpoint(load_weights_file(gdata, gwhere), gwhere)["gaussian_fit"]
+    if fit is None:
+        raise CheckpointError(f"{gwhere}: not a gaussian fit (expected a dict with 'mean' and 'std')")
+    return fit
+
+
 def bundled_generators() -> list[str]:
     """Names of the generators shipped inside the package."""
     return sorted(p.stem for p in WEIGHTS_DIR.glob("*.pt"))
@@ -166,6 +234,9 @@ def load_generator(source: str | os.PathLike | None = None, *, gaussian_fit=None
                    device=None, fit_samples: int = 1_000_000, store=None) -> Generator:
     """Load a generator: bundled name (default ``faces64``), local path, ``file://`` or ``s3://``.
 
+    StyleGAN2 files (NVIDIA ``.pkl``, rosinality ``.pt``, ``pulse-ray convert`` bundles) give a
+    :class:`StyleGAN2Generator`, named ``"<file name> sha256:<12 hex>"``; no code from a file is run.
+
     ``gaussian_fit`` (path, URI or ``{"mean","std"}``) overrides the checkpoint's; ``mapping``
     (path or URI of a mapping state dict) adds a mapping network to a bare synthesis file. With a
     mapping network but no fit, the fit is computed as PULSE does (``fit_samples`` latents) and
@@ -175,7 +246,15 @@ def load_generator(source: str | os.PathLike | None = None, *, gaussian_fit=None
     """
     source = DEFAULT_GENERATOR if source is None else str(source)
     data, where = _read_source(source, store)
-    parts = split_checkpoint(load_weights_file(data, where), where)
+    family, loaded = read_generator_file(data, where)
+    dev = torch.device(device) if device is not None else torch.device("cuda" if torch.cuda.is_available() else "cpu")
+    if family == "stylegan2":
+        if mapping is not None:
+            raise CheckpointError(f"{where}: a StyleGAN2 file holds its mapping network; drop the mapping argument")
+        g = _load_stylegan2(loaded, data, where, gaussian_fit, fit_samples, store)
+        g.source_sha256 = hashlib.sha256(data).hexdigest()
+        return g.to(dev)
+    parts = split_checkpoint(loaded, where)
     if mapping is not None:
         mdata, mwhere = _read_source(str(mapping), store)
         mparts = split_checkpoint(load_weights_file(mdata, mwhere), mwhere)
@@ -187,14 +266,7 @@ def load_generator(source: str | os.PathLike | None = None, *, gaussian_fit=None
                               f"{'a mapping network' if parts['mapping'] is not None else 'a gaussian fit'})")
     synthesis, mapping_net = _build(parts, where)
     if gaussian_fit is not None:
-        if isinstance(gaussian_fit, dict):
-            parts["gaussian_fit"] = check_gaussian_fit(gaussian_fit, "gaussian_fit argument")
-        else:
-            gdata, gwhere = _read_source(str(gaussian_fit), store)
-            fit = split_checkpoint(load_weights_file(gdata, gwhere), gwhere)["gaussian_fit"]
-            if fit is None:
-                raise CheckpointError(f"{gwhere}: not a gaussian fit (expected a dict with 'mean' and 'std')")
-            parts["gaussian_fit"] = fit
+        parts["gaussian_fit"] = _fit_override(gaussian_fit, store)
     if parts["gaussian_fit"] is None and mapping_net is not None:
         parts["gaussian_fit"] = _cached_fit(mapping_net, parts["mapping"], fit_samples)
     fit = parts["gaussian_fit"]
@@ -204,5 +276,4 @@ def load_generator(source: str | os.PathLike | None = None, *, gaussian_fit=None
     name = parts["meta"].get("name") or Path(where).stem
     g = Generator(synthesis, mapping_net, fit, name=name, meta=parts["meta"])
     g.source_sha256 = hashlib.sha256(data).hexdigest()
-    dev = torch.device(device) if device is not None else torch.device("cuda" if torch.cuda.is_available() else "cpu")
     return g.to(dev)
