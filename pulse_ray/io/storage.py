@@ -17,6 +17,7 @@ from __future__ import annotations
 
 import os
 import re
+import stat
 import tempfile
 import threading
 import uuid
@@ -27,9 +28,11 @@ from urllib.parse import unquote, urlparse
 __all__ = [
     "Storage",
     "StorageError",
+    "TooLarge",
     "is_s3",
     "split_s3",
     "local_path",
+    "check_scheme",
     "read_bytes",
     "write_bytes",
     "exists",
@@ -67,6 +70,16 @@ def split_s3(uri: str) -> tuple[str, str]:
     return bucket, key
 
 
+_SCHEME = re.compile(r"^([A-Za-z][A-Za-z0-9+.-]*)://")
+
+
+def check_scheme(uri: str) -> None:
+    """Raise ``ValueError`` for a URI whose scheme is neither ``file://`` nor ``s3://``."""
+    m = _SCHEME.match(os.fspath(uri))
+    if m and m.group(1) not in ("file", "s3"):
+        raise ValueError(f"unsupported URI scheme {m.group(1)!r} in {uri!r} (use a path, file:// or s3://)")
+
+
 def local_path(uri: str) -> str:
     """A local path for a local path or ``file://`` URI."""
     uri = os.fspath(uri)
@@ -75,10 +88,7 @@ def local_path(uri: str) -> str:
         if parsed.netloc not in ("", "localhost"):
             raise ValueError(f"file:// URI with a remote host is not supported: {uri!r}")
         return unquote(parsed.path)
-    m = re.match(r"^([A-Za-z][A-Za-z0-9+.-]*)://", uri)
-    if m:
-        scheme = m.group(1)
-        raise ValueError(f"unsupported URI scheme {scheme!r} in {uri!r} (use a path, file:// or s3://)")
+    check_scheme(uri)
     return uri
 
 
@@ -139,6 +149,23 @@ class _NotFound(StorageError, FileNotFoundError):
     pass
 
 
+class TooLarge(StorageError):
+    """An object over the byte limit of the read (nothing past the limit was read)."""
+
+
+def _too_large(uri: str, size: int | None, limit: int) -> TooLarge:
+    size_part = f"{size} bytes, " if size is not None else ""
+    return TooLarge(f"cannot read {uri}: {size_part}over the {limit}-byte limit")
+
+
+def _file_kind(mode: int) -> str:
+    for test, name in ((stat.S_ISFIFO, "a FIFO"), (stat.S_ISCHR, "a character device"),
+                       (stat.S_ISBLK, "a block device"), (stat.S_ISSOCK, "a socket")):
+        if test(mode):
+            return name
+    return "not a file"
+
+
 # ----------------------------------------------------------------------------- operations
 
 
@@ -162,27 +189,69 @@ class Storage:
         """A boto3 S3 client for this endpoint (cached per process)."""
         return _client(self.endpoint())
 
-    def read_bytes(self, uri: str) -> bytes:
-        """Whole object as bytes. Raises ``FileNotFoundError`` (a StorageError) when absent."""
+    def read_bytes(self, uri: str, max_bytes: int | None = None) -> bytes:
+        """Whole object as bytes. Raises ``FileNotFoundError`` (a StorageError) when absent.
+
+        Only regular files are read (a FIFO, a device or a folder is refused, never waited on);
+        with ``max_bytes`` an object larger than that raises :class:`TooLarge` after reading
+        at most ``max_bytes + 1`` bytes (an S3 object is refused by its size, before its body)."""
         uri = os.fspath(uri)
         if is_s3(uri):
             bucket, key = split_s3(uri)
             try:
                 obj = self.client().get_object(Bucket=bucket, Key=key)
-                return obj["Body"].read()
             except Exception as exc:  # botocore ClientError, connection errors
                 raise _s3_error("cannot read", uri, exc) from None
+            body = obj["Body"]
+            try:
+                size = obj.get("ContentLength")
+                if max_bytes is not None and size is not None and size > max_bytes:
+                    raise _too_large(uri, size, max_bytes)
+                data = body.read() if max_bytes is None else body.read(max_bytes + 1)
+            except TooLarge:
+                raise
+            except Exception as exc:
+                raise _s3_error("cannot read", uri, exc) from None
+            finally:
+                body.close()
+            if max_bytes is not None and len(data) > max_bytes:
+                raise _too_large(uri, None, max_bytes)
+            return data
         path = local_path(uri)
         try:
-            with open(path, "rb") as f:
-                return f.read()
+            # O_NONBLOCK: opening a FIFO must not wait for a writer
+            fd = os.open(path, os.O_RDONLY | getattr(os, "O_NONBLOCK", 0) | getattr(os, "O_CLOEXEC", 0))
         except FileNotFoundError:
             raise _NotFound(f"cannot read {uri}: no such file") from None
         except IsADirectoryError:
             raise StorageError(f"cannot read {uri}: is a directory") from None
         except OSError as exc:
             raise StorageError(f"cannot read {uri}: {exc.strerror or exc}") from None
-
+        try:
+            st = os.fstat(fd)
+            if stat.S_ISDIR(st.st_mode):
+                raise StorageError(f"cannot read {uri}: is a directory")
+            if not stat.S_ISREG(st.st_mode):
+                raise StorageError(f"cannot read {uri}: not a regular file ({_file_kind(st.st_mode)})")
+            if max_bytes is not None and st.st_size > max_bytes:
+                raise _too_large(uri, st.st_size, max_bytes)
+            limit = st.st_size + 1 if max_bytes is None else max_bytes + 1
+            chunks, got = [], 0
+            while True:  # a file that grows while read still stops at the limit
+                chunk = os.read(fd, min(1 << 20, max(1, limit - got)) if max_bytes is not None else 1 << 20)
+                if not chunk:
+                    break
+                chunks.append(chunk)
+                got += len(chunk)
+                if max_bytes is not None and got > max_bytes:
+                    raise _too_large(uri, None, max_bytes)
+            return b"".join(chunks)
+        except OSError as exc:
+            if isinstance(exc, StorageError):
+                raise
+            raise StorageError(f"cannot read {uri}: {exc.strerror or exc}") from None
+        finally:
+            os.close(fd)
 
     def write_bytes(self, uri: str, data: bytes) -> None:
         """Write atomically: a reader sees the old object, or the whole new one.

@@ -110,7 +110,12 @@ class ManifestSource:
 
 def resolve_uri(uri: str, bases: list[str], store: storage.Storage) -> str:
     """A row's ``uri``: absolute / ``file://`` / ``s3://`` as is; a relative path
-    against the manifest's folder first, then the directory ``submit`` ran in."""
+    against the manifest's folder first, then the directory ``submit`` ran in. Another scheme
+    (``http://``...) raises :class:`~pulse_ray.io.images.BadInput`."""
+    try:
+        storage.check_scheme(uri)
+    except ValueError as exc:
+        raise images.BadInput(str(exc)) from None
     if storage.is_s3(uri) or uri.startswith("file://") or os.path.isabs(uri):
         return uri
     candidates = [storage.join(b, uri) for b in bases if b]
@@ -128,6 +133,10 @@ def error_kind(exc: Exception) -> str:
     if isinstance(exc, images.UnsafeId):
         return "unsafe_id"
     msg = str(exc).lower()
+    if isinstance(exc, storage.TooLarge):
+        return "too_large"
+    if "unsupported uri scheme" in msg:
+        return "bad_uri"
     if isinstance(exc, FileNotFoundError) or "nosuchkey" in msg or "no such file" in msg:
         return "missing_image"
     if "decompression bomb" in msg or "limit" in msg:
@@ -206,7 +215,8 @@ class PrepareStep:
             where = "column 'image'"
         elif uri:
             where = f"uri {uri}"
-            data = self.store.read_bytes(resolve_uri(str(uri), list(self.bases), self.store))
+            data = self.store.read_bytes(resolve_uri(str(uri), list(self.bases), self.store),
+                                         max_bytes=self.max_bytes)
         else:
             raise images.BadInput("no image: 'image' and 'uri' are both empty")
         arr = images.decode_image(data, max_pixels=self.max_pixels, max_bytes=self.max_bytes, where=where)
