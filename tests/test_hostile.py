@@ -109,3 +109,47 @@ def test_bad_uris_fail_their_rows_and_the_good_rows_complete(tmp_path):
         r = by[rid]
         assert r["status"] == "failed" and r["error_kind"] == kind, (rid, r["error_kind"], r["error"])
         assert re.search(pattern, r["error"]), (rid, r["error"])
+
+
+# ----------------------------------------------------------------------------- item 1: ids are names
+
+
+def test_a_percent_encoded_id_names_exactly_that_file_on_a_file_uri_output(tmp_path):
+    out_dir = tmp_path / "out"
+    out = "file://" + str(out_dir)
+    ids = ["%2e%2e/%2e%2e/escaped", "a%2Fb", "a/b", "q?x#y"]
+    table = pa.table({"id": ids, "image": [png_bytes(8, 8, k) for k in range(len(ids))]})
+    _run(table, out)
+    by = {r["id"]: r for r in md.read_metadata(out).to_pylist()}
+    assert [by[i]["status"] for i in ids] == ["ok"] * len(ids)
+    written = sorted(os.path.relpath(os.path.join(d, f), out_dir) for d, _, fs in os.walk(out_dir) for f in fs
+                     if not d.endswith("metadata"))
+    assert written == sorted(f"sr/{i}.png" for i in ids)
+    assert not (tmp_path / "escaped.png").exists() and not (tmp_path.parent / "escaped.png").exists()
+    for i in ids:  # each row's sr_uri names its own file
+        assert storage.local_path(by[i]["sr_uri"]) == str(out_dir / "sr" / f"{i}.png")
+        assert storage.exists(by[i]["sr_uri"])
+
+
+def test_path_clashes_are_found_case_insensitively_and_between_files_and_folders():
+    from pulse_ray.io.images import path_clashes
+
+    assert path_clashes(["a", "b", "a/b", "A.png", "x/../y"]) == []
+    pairs = {(a, b) for a, b, _ in path_clashes(["Face", "face", "a", "a.png/inner", "caf\u00e9", "cafe\u0301"])}
+    assert pairs == {("Face", "face"), ("a", "a.png/inner"), ("caf\u00e9", "cafe\u0301")}
+    assert path_clashes(["a", "a/r0.png/x"]) == []
+    assert {(a, b) for a, b, _ in path_clashes(["a", "a/r0.png/x"], restarts=True)} == {("a", "a/r0.png/x")}
+
+
+def test_submit_refuses_ids_that_would_share_a_file_naming_the_pair(tmp_path, fake_search):
+    from pulse_ray.io.manifest import write_table
+    from pulse_ray.job.submit import ManifestError, submit
+
+    from .conftest import job_options
+
+    man = tmp_path / "m.parquet"
+    write_table(pa.table({"id": ["ok1", "Face", "face"], "image": [png_bytes(8, 8, k) for k in range(3)]}), str(man))
+    out = tmp_path / "out"
+    with pytest.raises(ManifestError, match="'Face' and 'face'"):
+        submit(str(man), str(out), job_options(restarts=1, steps=1))
+    assert not out.exists()

@@ -8,6 +8,7 @@ from __future__ import annotations
 
 import io
 import re
+import unicodedata
 import warnings
 
 import numpy as np
@@ -24,6 +25,7 @@ __all__ = [
     "ALLOWED_FORMATS",
     "IMAGE_SUFFIXES",
     "safe_relpath",
+    "path_clashes",
     "decode_image",
     "lr_factor",
     "encode_png",
@@ -87,6 +89,49 @@ def safe_relpath(row_id) -> str:
         if len(seg.encode("utf-8")) > MAX_SEGMENT_BYTES:
             raise UnsafeId(f"unsafe id {shown}: a path segment is over {MAX_SEGMENT_BYTES} bytes")
     return row_id
+
+
+def _fold(path: str) -> str:
+    """How a case- and normalisation-insensitive filesystem (macOS, Windows, SMB) compares names."""
+    return unicodedata.normalize("NFC", path).casefold()
+
+
+_RESTART_FILE = re.compile(r"^(.*)/r[0-9]+\.png$")
+
+
+def path_clashes(ids, restarts: bool = False) -> list[tuple[str, str, str]]:
+    """Pairs of distinct ids that would share a file under ``OUT/sr/`` on some filesystem:
+    ``(id, other id, why)``. Two ids clash when their files ``<id>.png`` compare equal once
+    case and Unicode normalisation are ignored (``Face`` / ``face``), or when one id's file is
+    a folder another id needs (``a`` writes ``a.png``, ``a.png/inner`` needs the folder
+    ``a.png``); with ``restarts`` (``OUT/sr/<id>/r<k>.png``), when an id needs a restart image
+    of another id as its folder. Unsafe ids are left out (they fail as rows)."""
+    files: dict[str, str] = {}  # folded "<rel>.png" -> first id
+    folders: dict[str, str] = {}  # folded folder path -> first id that needs it
+    clashes: list[tuple[str, str, str]] = []
+    for rid in ids:
+        try:
+            rel = safe_relpath(rid)
+        except UnsafeId:
+            continue
+        key = _fold(rel) + ".png"
+        other = files.setdefault(key, rid)
+        if other != rid:
+            clashes.append((other, rid, f"both write sr/{rel}.png where case is ignored (macOS, Windows, SMB)"))
+        segs = _fold(rel).split("/")
+        for k in range(1, len(segs)):
+            folders.setdefault("/".join(segs[:k]), rid)
+    for key, rid in files.items():
+        if key in folders:
+            clashes.append((rid, folders[key], f"sr/{rid}.png is a file, and {folders[key]!r} needs it as a folder"))
+    if restarts:
+        for folder, rid in folders.items():
+            m = _RESTART_FILE.match(folder)
+            owner = m and files.get(m.group(1) + ".png")
+            if owner:
+                clashes.append((owner, rid, f"sr/{folder} is a restart image of {owner!r}, and {rid!r} needs it "
+                                            "as a folder"))
+    return clashes
 
 
 # ----------------------------------------------------------------------------- decode

@@ -20,6 +20,7 @@ import os
 import re
 from dataclasses import dataclass, field
 from datetime import datetime, timezone
+from urllib.parse import quote
 
 import pyarrow as pa
 
@@ -36,7 +37,8 @@ RUNS_DIR = "runs"
 
 # OUT/sr/<id>/r<k>.png holds restart k of id <id> (--save-restarts): an id ending in
 # "/r<number>" would name the same file as a restart image of another id.
-_RESTART_NAME = re.compile(r"/r[0-9]+$")
+# (r or R: a case-insensitive filesystem takes one for the other)
+_RESTART_NAME = re.compile(r"/[rR][0-9]+$")
 
 
 def is_restart_name(row_id: str) -> bool:
@@ -54,6 +56,10 @@ class Output:
     # ------------------------------------------------------------------ paths
 
     def sr_uri(self, relpath: str, restart: int | None = None) -> str:
+        """Where an id's SR image (or one of its restarts) goes. The id is a name, never a URL:
+        under a ``file://`` OUT it is percent-encoded, so the file is named exactly ``relpath``."""
+        if self.uri.startswith("file://"):
+            relpath = quote(relpath, safe="/")
         if restart is None:
             return storage.join(self.uri, md.SR_DIR, relpath + ".png")
         return storage.join(self.uri, md.SR_DIR, relpath, f"r{restart}.png")
@@ -68,10 +74,13 @@ class Output:
         """A local OUT that exists must be a folder (:class:`~pulse_ray.job.options.UsageError`)."""
         from .options import UsageError
 
-        if storage.is_s3(self.uri):
-            storage.split_s3(self.uri)
-            return
-        path = storage.local_path(self.uri)
+        try:
+            if storage.is_s3(self.uri):
+                storage.split_s3(self.uri)
+                return
+            path = storage.local_path(self.uri)
+        except ValueError as exc:
+            raise UsageError(f"output: {exc}") from None
         if os.path.exists(path) and not os.path.isdir(path):
             raise UsageError(f"output {self.uri} exists and is not a folder")
 
@@ -117,8 +126,11 @@ class Output:
                 rels.add(images.safe_relpath(rid))
             except Exception:  # an unsafe id wrote nothing
                 continue
-        kept = set(md.read_restarts(self.uri, store=self.store).column("sr_uri").to_pylist())
-        root = storage.join(self.uri, md.SR_DIR)
+        def local(uri: str) -> str:  # file:// URIs compared as the paths they name
+            return storage.local_path(uri) if uri.startswith("file://") else uri
+
+        kept = {local(u) for u in md.read_restarts(self.uri, store=self.store).column("sr_uri").to_pylist()}
+        root = local(storage.join(self.uri, md.SR_DIR))
         for uri in self.store.list_uris(root, suffix=".png"):
             rel = uri[len(root):].strip("/")[: -len(".png")]
             if uri not in kept and is_restart_name(rel) and rel.rsplit("/", 1)[0] in rels:

@@ -23,7 +23,7 @@ import time
 from collections import Counter
 from dataclasses import asdict, dataclass, field
 
-from pulse_ray.io import storage
+from pulse_ray.io import images, storage
 from pulse_ray.io.manifest import ManifestError
 
 from . import cluster
@@ -87,6 +87,7 @@ def submit(manifest: str, output: str, options: JobOptions | None = None, *, str
                 f"--save-restarts: {output} already holds results for {len(clash)} id(s) ending in /r<number> "
                 f"(e.g. {clash[0]!r}), and restart images go to OUT/sr/<id>/r<k>.png, the same paths; "
                 "use another output (or run without --save-restarts)")
+    _refuse_path_clashes(manifest, source.ids, ok_in_out, set(todo), reserve_restart_names)
     summary = SubmitSummary(total=len(source.ids), skipped=len(done), manifest=str(manifest), output=str(output),
                             dry_run=o.dry_run)
     search = SearchStep(o.search, o.generator, store)
@@ -119,6 +120,18 @@ def submit(manifest: str, output: str, options: JobOptions | None = None, *, str
     summary.seconds = time.perf_counter() - t_start
     out.write_run_record(_run_record(summary, o, gen, started_at, timings), started_at)
     return summary
+
+
+def _refuse_path_clashes(manifest, ids, ok_in_out, todo: set, restarts: bool) -> None:
+    """Distinct ids never share a file (see :func:`pulse_ray.io.images.path_clashes`): a clash that
+    involves an id this run writes is a :class:`ManifestError` naming the pair."""
+    clashes = [c for c in images.path_clashes(list(dict.fromkeys([*ids, *sorted(ok_in_out)])), restarts)
+               if c[0] in todo or c[1] in todo]
+    if clashes:
+        shown = "; ".join(f"{a!r} and {b!r}: {why}" for a, b, why in clashes[:5])
+        more = f" (and {len(clashes) - 5} more)" if len(clashes) > 5 else ""
+        raise ManifestError(f"manifest {manifest}: {len(clashes)} pair(s) of ids would share a file under OUT/sr/: "
+                            f"{shown}{more}; rename one id of each pair")
 
 
 def _run_pipeline(source, prepare, search, write, o: JobOptions, summary, n_todo, stream, timings) -> list[str]:
