@@ -153,3 +153,68 @@ def test_submit_refuses_ids_that_would_share_a_file_naming_the_pair(tmp_path, fa
     with pytest.raises(ManifestError, match="'Face' and 'face'"):
         submit(str(man), str(out), job_options(restarts=1, steps=1))
     assert not out.exists()
+
+
+# ----------------------------------------------------------------------------- item 3: carried columns
+
+
+def test_carried_column_names_are_one_to_one_and_never_metadata_or_internal():
+    from pulse_ray.job.metadata import METADATA_NAMES, carried_name
+
+    names = ["status", "input_status", "input_input_status", "error", "_relpath", "__fragment_index", "tag", "uri"]
+    carried = [carried_name(c) for c in names]
+    assert carried == ["input_status", "input_input_status", "input_input_input_status", "input_error",
+                       "input__relpath", "input___fragment_index", "tag", "uri"]
+    assert len(set(carried)) == len(carried)
+    assert not set(carried) & set(METADATA_NAMES) and not any(c.startswith("_") for c in carried)
+
+
+def test_clashing_and_reader_columns_never_reach_the_metadata_as_they_are(tmp_path):
+    table = pa.table({"id": ["a", "b"], "image": [png_bytes(8, 8, 0), png_bytes(8, 8, 1)],
+                      "status": ["s-a", "s-b"], "input_status": ["is-a", "is-b"], "_relpath": ["r", "r"],
+                      "tag": [1, 2], "__batch_index": [0, 0]})
+    out = str(tmp_path / "out")
+    manifest_columns = ("id", "image", "status", "input_status", "_relpath", "tag")  # __batch_index: the reader's
+    _run(table, out, columns=manifest_columns)
+    meta = md.read_metadata(out)
+    extra = meta.column_names[len(md.METADATA_NAMES):]
+    assert extra == ["input_status", "input_input_status", "input__relpath", "tag"]
+    by = {r["id"]: r for r in meta.to_pylist()}
+    assert by["a"]["status"] == "ok" and by["a"]["input_status"] == "s-a" and by["b"]["input_input_status"] == "is-b"
+    assert by["a"]["input__relpath"] == "r" and by["b"]["tag"] == 2
+
+
+def test_columns_the_readers_reserve_are_refused_up_front(tmp_path):
+    from pulse_ray.io.manifest import ManifestError, inspect_manifest, write_table
+
+    man = tmp_path / "m.parquet"
+    write_table(pa.table({"id": ["a"], "image": [png_bytes(8, 8)], "__fragment_index": [0]}), str(man))
+    with pytest.raises(ManifestError, match="'__fragment_index' start with '__'"):
+        inspect_manifest(str(man))
+
+
+@pytest.mark.slow
+def test_a_manifest_with_clashing_columns_compacts_and_resumes(ray_cluster, tmp_path, fake_search):
+    from pulse_ray.io.manifest import write_table
+    from pulse_ray.job.status import job_status
+    from pulse_ray.job.submit import submit
+
+    from .conftest import job_options
+
+    man = tmp_path / "m.parquet"
+    n = 5
+    write_table(pa.table({"id": [f"i{k}" for k in range(n)], "image": [png_bytes(8, 8, k) for k in range(n)],
+                          "status": ["x"] * n, "input_status": ["y"] * n, "_batch": list(range(n))}),
+                str(man))
+    out = str(tmp_path / "out")
+    first = submit(str(man), out, job_options(restarts=1, steps=1, num_cpus=2, progress=False))
+    assert (first.ok, first.failed) == (n, 0)
+    second = submit(str(man), out, job_options(restarts=1, steps=1, num_cpus=2, progress=False, overwrite=True))
+    assert (second.ok, second.processed) == (n, n)
+    meta = md.read_metadata(out, dedup_rows=False)
+    assert meta.num_rows == n and len(md.metadata_files(out)) == 1  # compacted
+    names = meta.column_names
+    assert len(set(names)) == len(names) and not any(c.startswith("_") for c in names)
+    assert names[len(md.METADATA_NAMES):] == ["input_status", "input_input_status", "input__batch"]
+    s = job_status(out)
+    assert (s["rows"], s["ok"]) == (n, n)

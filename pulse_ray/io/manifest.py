@@ -7,8 +7,11 @@ folder / prefix of Parquet files. Columns:
 * ``uri`` (string: local path, ``file://`` or ``s3://``) and/or ``image``
   (binary: encoded PNG / JPEG / WebP). A row uses ``image`` when it is not null,
   else ``uri``.
-* anything else is carried into the metadata untouched (a column whose name
-  clashes with a metadata column is carried as ``input_<name>``).
+* anything else is carried into the metadata untouched, under its own name unless
+  that is a metadata column's or starts with ``_`` or ``input_``: then as
+  ``input_<name>`` (one-to-one: ``status`` -> ``input_status``, ``input_status`` ->
+  ``input_input_status``; see :func:`pulse_ray.job.metadata.carried_name`). Names
+  starting with ``__`` are refused: the readers reserve them (``__fragment_index`` ...).
 
 :func:`inspect_manifest` checks all of that up front and raises
 :class:`ManifestError` naming what is wrong and where. A store that fails
@@ -19,6 +22,7 @@ failure (CLI exit code 1), and the same manifest may well work on a retry.
 
 from __future__ import annotations
 
+import dataclasses
 import io
 import os
 from dataclasses import dataclass
@@ -39,6 +43,7 @@ class ManifestError(ValueError):
 class ManifestInfo:
     files: list[str]  # the Parquet files, in order
     ids: list[str]  # every row's id, in file order
+    columns: list[str] = dataclasses.field(default_factory=list)  # the (unified) schema's column names
 
     @property
     def num_rows(self) -> int:
@@ -118,6 +123,12 @@ def inspect_manifest(manifest: str, store: storage.Storage | None = None) -> Man
             _raise_if_store_failed(uri, exc)
             raise ManifestError(f"manifest file {uri}: not a readable Parquet file ({_short(exc)})") from None
         names = schema.names
+        reserved = [c for c in names if c.startswith("__")]
+        if reserved:
+            raise ManifestError(
+                f"manifest file {uri}: column(s) {', '.join(map(repr, reserved))} start with '__', which the "
+                "Parquet and Ray readers reserve for their own columns (__fragment_index, __batch_index, ...); "
+                "rename them")
         if "id" not in names:
             raise ManifestError(f"manifest file {uri}: no 'id' column (columns: {', '.join(names) or 'none'})")
         if not _is_string(schema.field("id").type):
@@ -169,7 +180,7 @@ def inspect_manifest(manifest: str, store: storage.Storage | None = None) -> Man
                 raise ManifestError(
                     f"manifest file {uri}: lacks column(s) {sorted(missing)} that other manifest files have"
                 )
-    return ManifestInfo(files=files, ids=ids)
+    return ManifestInfo(files=files, ids=ids, columns=list(names))
 
 
 def _raise_if_store_failed(uri: str, exc: Exception) -> None:

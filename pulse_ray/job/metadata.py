@@ -43,6 +43,7 @@ __all__ = [
     "SR_DIR",
     "METADATA_FIELDS",
     "RESTART_FIELDS",
+    "carried_name",
     "part_name",
     "metadata_files",
     "read_metadata",
@@ -85,6 +86,15 @@ METADATA_FIELDS = [
     pa.field("finished_at", TS),
 ]
 METADATA_NAMES = [f.name for f in METADATA_FIELDS]
+
+
+def carried_name(column: str) -> str:
+    """The metadata name of a manifest column (other than ``id`` / ``image``): its own name, unless
+    that is a metadata column's or starts with ``_`` (the job's and Ray's internal columns) or
+    ``input_``: then ``input_<name>``. One-to-one, and never a metadata or internal name."""
+    if column in METADATA_NAMES or column.startswith(("_", "input_")):
+        return "input_" + column
+    return column
 
 RESTART_FIELDS = [
     pa.field("id", pa.string()),

@@ -15,7 +15,8 @@ executor gives it the planned CPUs / GPUs). Both executors
 
 No step raises for a bad row: the row becomes ``status="failed"`` with a precise
 ``error`` / ``error_kind`` and travels on, so every manifest row gets exactly one metadata
-row. Columns the manifest brings (other than ``image``) pass through. A new step (e.g.
+row. Columns the manifest brings (other than ``image``) pass through, named by
+:func:`~pulse_ray.job.metadata.carried_name`. A new step (e.g.
 photo alignment before the search, paste-back after it) is one more object in the list
 :func:`pulse_ray.job.submit.submit` hands the executor, for example::
 
@@ -41,14 +42,12 @@ import pyarrow as pa
 from pulse_ray.io import images, storage
 from pulse_ray.io.manifest import inspect_manifest, read_table
 
-from .metadata import METADATA_NAMES
+from .metadata import carried_name
 from .output import is_restart_name
 
-__all__ = ["Step", "ManifestSource", "PrepareStep", "INTERNAL", "set_column", "resolve_uri"]
+__all__ = ["Step", "ManifestSource", "PrepareStep", "set_column", "resolve_uri"]
 
-# Columns the steps add and consume; never carried into metadata as they are.
-INTERNAL = ("_relpath", "_pixels", "_sr", "_sr_size", "_r_pixels", "_r_mse", "_r_conv", "_r_loss", "_r_steps",
-            "_r_seed")
+# Columns the steps add for each other start with "_" and never reach the metadata (write_step.to_metadata).
 
 
 @runtime_checkable
@@ -82,11 +81,12 @@ class ManifestSource:
     files: tuple[str, ...]
     ids: tuple[str, ...]
     store: storage.Storage = field(default_factory=storage.Storage)
+    columns: tuple[str, ...] = ()
 
     @classmethod
     def open(cls, manifest: str, store: storage.Storage) -> ManifestSource:
         info = inspect_manifest(manifest, store)
-        return cls(str(manifest), tuple(info.files), tuple(info.ids), store)
+        return cls(str(manifest), tuple(info.files), tuple(info.ids), store, tuple(info.columns))
 
     def bases(self) -> list[str]:
         """Where relative ``uri`` values are looked up: the manifest's folder, then cwd."""
@@ -168,16 +168,18 @@ class PrepareStep:
     max_pixels: int = images.DEFAULT_MAX_PIXELS
     max_bytes: int = images.DEFAULT_MAX_BYTES
     reserve_restart_names: bool = False
+    columns: tuple[str, ...] = ()  # the manifest's columns (empty: every column of the batch)
     name: str = "prepare"
     actor: bool = False
     resources: str = "light"
 
     def __call__(self, table: pa.Table) -> pa.Table:
-        # manifest columns that clash with what the job produces travel as __in_<name>
-        # and land in the metadata as input_<name>
-        clash = [c for c in table.column_names if c in set(METADATA_NAMES) - {"id"} or c in INTERNAL]
-        if clash:
-            table = table.rename_columns(["__in_" + c if c in clash else c for c in table.column_names])
+        # the manifest's own columns under their metadata names (metadata.carried_name); anything
+        # else the reader added (Ray's __fragment_index ...) is dropped
+        if self.columns:
+            keep = set(self.columns)
+            table = table.select([c for c in table.column_names if c in keep])
+        table = table.rename_columns([c if c in ("id", "image") else carried_name(c) for c in table.column_names])
         if self.skip_ids:
             keep = [i not in self.skip_ids for i in table.column("id").to_pylist()]
             if not all(keep):

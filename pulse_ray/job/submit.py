@@ -105,7 +105,7 @@ def submit(manifest: str, output: str, options: JobOptions | None = None, *, str
     timings: dict = {}
     if todo:
         prepare = PrepareStep(int(gen.resolution), tuple(source.bases()), store, frozenset(done), o.max_pixels,
-                              o.max_bytes, reserve_restart_names)
+                              o.max_bytes, reserve_restart_names, source.columns)
         write = WriteStep(out, save_restarts)
         failed_now = _run_pipeline(source, prepare, search, write, o, summary, len(todo), stream, timings)
     if o.compact:

@@ -16,7 +16,7 @@ from pulse_ray.io.manifest import write_table
 
 from .metadata import METADATA_FIELDS, METADATA_NAMES, RESTART_FIELDS, part_name
 from .output import FlatOutput, Output
-from .steps import INTERNAL, set_column
+from .steps import set_column
 
 __all__ = ["WriteStep", "to_metadata"]
 
@@ -88,14 +88,12 @@ class WriteStep:
 
 
 def to_metadata(table: pa.Table) -> pa.Table:
-    """Fixed metadata columns first (typed, null where a step never set them),
-    then the manifest's own columns; internal columns dropped; a manifest column
-    whose name clashes with a metadata column is carried as ``input_<name>``."""
+    """Fixed metadata columns first (typed, null where a step never set them), then the
+    manifest's own columns (already under their :func:`~pulse_ray.job.metadata.carried_name`);
+    internal columns (names starting with ``_``) dropped."""
     n = table.num_rows
     cols = [table.column(f.name).cast(f.type) if f.name in table.column_names else pa.nulls(n, f.type)
             for f in METADATA_FIELDS]
-    produced = set(METADATA_NAMES) | set(INTERNAL) | {"image"}
-    extra = [c for c in table.column_names if c not in produced and not c.startswith("__in_")]
-    extra += [c for c in table.column_names if c.startswith("__in_")]
-    names = [("input_" + c[len("__in_"):] if c.startswith("__in_") else c) for c in extra]
-    return pa.Table.from_arrays(cols + [table.column(c) for c in extra], names=METADATA_NAMES + names)
+    produced = set(METADATA_NAMES) | {"image"}
+    extra = [c for c in table.column_names if c not in produced and not c.startswith("_")]
+    return pa.Table.from_arrays(cols + [table.column(c) for c in extra], names=METADATA_NAMES + extra)
