@@ -113,14 +113,19 @@ def status(
 ):
     """Counts by status, converged share, error reasons and timing percentiles of OUT."""
     from pulse_ray.io.storage import Storage
+    from pulse_ray.job.options import UsageError
     from pulse_ray.job.status import format_status, job_status
 
     try:
         s = job_status(output, Storage(s3_endpoint_url))
+    except (FileNotFoundError, UsageError) as exc:  # no such OUT, an unsupported scheme
+        _fail_usage(str(exc))
     except Exception as exc:
         _err(f"cannot read the metadata of {output}: {type(exc).__name__}: {exc}")
         raise typer.Exit(1)
     typer.echo(json.dumps(s, default=str) if json_out else format_status(s))
+    if s["corrupt_parts"]:
+        raise typer.Exit(1)
 
 
 # ----------------------------------------------------------------------------- make-manifest

@@ -218,3 +218,66 @@ def test_a_manifest_with_clashing_columns_compacts_and_resumes(ray_cluster, tmp_
     assert names[len(md.METADATA_NAMES):] == ["input_status", "input_input_status", "input__batch"]
     s = job_status(out)
     assert (s["rows"], s["ok"]) == (n, n)
+
+
+# ----------------------------------------------------------------------------- item 4: a corrupt part
+
+
+def _corrupt(path: str) -> bytes:
+    data = open(path, "rb").read()
+    with open(path, "wb") as f:
+        f.write(data[: len(data) // 2])
+    return data[: len(data) // 2]
+
+
+def test_a_corrupt_part_is_named_by_readers_and_status(tmp_path):
+    from typer.testing import CliRunner
+
+    from pulse_ray.cli import app
+    from pulse_ray.job.status import job_status
+
+    out = str(tmp_path / "out")
+    for k in range(2):  # two parts
+        _run(pa.table({"id": [f"p{k}a", f"p{k}b"], "image": [png_bytes(8, 8, k)] * 2}), out)
+    parts = md.metadata_files(out)
+    assert len(parts) == 2
+    bad = next(p for p in parts if "p1a" in md.read_part(p).column("id").to_pylist())
+    _corrupt(bad)
+    with pytest.raises(md.CorruptPart, match=bad):
+        md.read_metadata(out)
+    s = job_status(out)
+    assert s["rows"] == 2 and [c["part"] for c in s["corrupt_parts"]] == [bad]
+    r = CliRunner().invoke(app, ["status", out])
+    assert r.exit_code == 1 and bad in r.output and "rows       2" in r.output
+
+
+@pytest.mark.slow
+def test_submit_sets_a_corrupt_part_aside_and_redoes_only_its_rows(ray_cluster, tmp_path, fake_search):
+    from pulse_ray.io.manifest import write_table
+    from pulse_ray.job.submit import submit
+
+    from .conftest import job_options
+
+    def manifest(name, ids):
+        path = str(tmp_path / name)
+        write_table(pa.table({"id": ids, "image": [png_bytes(8, 8, k) for k in range(len(ids))]}), path)
+        return path
+
+    out = str(tmp_path / "out")
+    opts = dict(restarts=1, steps=1, num_cpus=2, progress=False)
+    submit(manifest("a.parquet", ["a0", "a1", "a2"]), out, job_options(compact=False, **opts))
+    submit(manifest("b.parquet", ["b0", "b1"]), out, job_options(compact=False, **opts))
+    bad = [p for p in md.metadata_files(out) if "b0" in md.read_part(p).column("id").to_pylist()]
+    assert len(bad) == 1
+    held = md.read_part(bad[0]).column("id").to_pylist()
+    kept = _corrupt(bad[0])
+    both = manifest("ab.parquet", ["a0", "a1", "a2", "b0", "b1"])
+    dry = submit(both, out, job_options(dry_run=True, **opts))
+    assert dry.set_aside == bad and os.path.exists(bad[0])  # a dry run names it, moves nothing
+    s = submit(both, out, job_options(**opts))
+    assert s.set_aside == bad and (s.processed, s.skipped, s.ok) == (len(held), 5 - len(held), 5)
+    quarantined = [os.path.join(d, f) for d, _, fs in os.walk(os.path.join(out, "quarantine")) for f in fs]
+    assert len(quarantined) == 1 and open(quarantined[0], "rb").read() == kept
+    meta = md.read_metadata(out, dedup_rows=False)
+    assert sorted(meta.column("id").to_pylist()) == ["a0", "a1", "a2", "b0", "b1"]
+    assert set(meta.column("status").to_pylist()) == {"ok"}

@@ -29,10 +29,12 @@ row that is kept: those of any other run of the id are dropped at compaction (se
 from __future__ import annotations
 
 import hashlib
+import io
 import uuid
 
 import pyarrow as pa
 import pyarrow.compute as pc
+import pyarrow.parquet as pq
 
 from pulse_ray.io import storage
 from pulse_ray.io.manifest import read_table, write_table
@@ -42,6 +44,9 @@ __all__ = [
     "RESTARTS_DIR",
     "SR_DIR",
     "METADATA_FIELDS",
+    "CorruptPart",
+    "corrupt_parts",
+    "read_part",
     "RESTART_FIELDS",
     "carried_name",
     "part_name",
@@ -125,14 +130,49 @@ def metadata_files(out: str, sub: str = METADATA_DIR, store: storage.Storage | N
     return (store or storage.Storage()).list_uris(storage.join(out, sub), suffix=".parquet")
 
 
-def _read_all(files: list[str], columns: list[str] | None = None, store: storage.Storage | None = None) -> pa.Table | None:
-    tables = []
+class CorruptPart(ValueError):
+    """Parts under OUT that cannot be read as Parquet; ``parts``: ``[(uri, reason)]``."""
+
+    def __init__(self, parts: list[tuple[str, str]]):
+        self.parts = list(parts)
+        shown = "; ".join(f"{u} ({why})" for u, why in self.parts[:3])
+        more = f" and {len(self.parts) - 3} more" if len(self.parts) > 3 else ""
+        super().__init__(f"unreadable metadata part(s): {shown}{more}; the next `pulse-ray submit` sets them "
+                         "aside under OUT/quarantine/ and redoes their rows")
+
+
+def read_part(f: str, columns: list[str] | None = None, store: storage.Storage | None = None) -> pa.Table:
+    """One part; :class:`CorruptPart` when its bytes are not Parquet (a store that fails raises
+    :class:`~pulse_ray.io.storage.StorageError`, an infrastructure failure, instead)."""
+    try:
+        return read_table(f, columns=columns, store=store)
+    except FileNotFoundError:
+        raise
+    except Exception:
+        data = (store or storage.Storage()).read_bytes(f)  # the store failing is not corruption
+    try:  # the bytes it holds now, parsed in memory
+        return pq.read_table(io.BytesIO(data), columns=columns)
+    except Exception as exc:
+        msg = (str(exc).strip().splitlines() or [type(exc).__name__])[0][:200]
+        raise CorruptPart([(f, msg)]) from None
+
+
+def _read_all(files: list[str], columns: list[str] | None = None, store: storage.Storage | None = None,
+              corrupt: list | None = None) -> pa.Table | None:
+    """The parts concatenated. An unreadable part raises :class:`CorruptPart`, or with a ``corrupt``
+    list is appended to it (``(uri, reason)``) and left out."""
+    tables, bad = [], []
     for f in files:
         try:
-            t = read_table(f, columns=columns, store=store)
+            tables.append(read_part(f, columns, store))
         except FileNotFoundError:  # compacted away between list and read
             continue
-        tables.append(t)
+        except CorruptPart as exc:
+            bad += exc.parts
+    if bad:
+        if corrupt is None:
+            raise CorruptPart(bad)
+        corrupt += bad
     if not tables:
         return None
     return pa.concat_tables(tables, promote_options="permissive")
@@ -171,12 +211,13 @@ def dedup(table: pa.Table, redone: set[str] | frozenset[str] | None = None) -> p
 
 
 def read_metadata(out: str, *, dedup_rows: bool = True, columns: list[str] | None = None,
-                  store: storage.Storage | None = None) -> pa.Table:
-    """All metadata rows under ``OUT/metadata/`` (deduplicated by id unless told not to)."""
+                  store: storage.Storage | None = None, corrupt: list | None = None) -> pa.Table:
+    """All metadata rows under ``OUT/metadata/`` (deduplicated by id unless told not to).
+    An unreadable part raises :class:`CorruptPart` (with a ``corrupt`` list: noted there, left out)."""
     cols = None
     if columns is not None:
         cols = list(dict.fromkeys(["id", "status", "finished_at", *columns]))
-    t = _read_all(metadata_files(out, store=store), columns=cols, store=store)
+    t = _read_all(metadata_files(out, store=store), columns=cols, store=store, corrupt=corrupt)
     if t is None:
         return pa.schema(METADATA_FIELDS).empty_table()
     if dedup_rows:
@@ -222,22 +263,36 @@ def _current_restarts(out: str, restarts: pa.Table, store: storage.Storage | Non
     return restarts.filter(pa.array(mask, pa.bool_()))
 
 
-def done_ids(out: str, store: storage.Storage | None = None) -> set[str]:
-    """Ids that already have an ``ok`` row in OUT's metadata."""
-    t = _read_all(metadata_files(out, store=store), columns=["id", "status"], store=store)
+def done_ids(out: str, store: storage.Storage | None = None, corrupt: list | None = None) -> set[str]:
+    """Ids that already have an ``ok`` row in OUT's metadata (``corrupt``: see :func:`read_metadata`)."""
+    t = _read_all(metadata_files(out, store=store), columns=["id", "status"], store=store, corrupt=corrupt)
     if t is None:
         return set()
     mask = pc.equal(t.column("status"), "ok").fill_null(False)
     return set(t.filter(mask).column("id").to_pylist())
 
 
+def corrupt_parts(out: str, sub: str = METADATA_DIR, store: storage.Storage | None = None) -> list[tuple[str, str]]:
+    """``(uri, reason)`` of every unreadable part under ``OUT/<sub>/``."""
+    bad: list = []
+    for f in metadata_files(out, sub, store):
+        try:
+            read_part(f, None, store)
+        except FileNotFoundError:
+            continue
+        except CorruptPart as exc:
+            bad += exc.parts
+    return bad
+
+
 def compact(out: str, sub: str = METADATA_DIR, redone=None, store: storage.Storage | None = None) -> int:
     """Rewrite ``OUT/<sub>/`` as one deduplicated part; returns its row count.
     ``redone``: see :func:`dedup` (``--overwrite``).
 
-    Crash-safe: the new part is written (atomically) before the old ones are
-    removed, and readers dedup, so a crash in between only leaves duplicates
-    that every reader already resolves.
+    Crash-safe: the new part is written (atomically) and read back before the old ones
+    are removed, and readers dedup, so a crash in between only leaves duplicates
+    that every reader already resolves. An unreadable part raises :class:`CorruptPart`
+    (``submit`` sets such parts aside first: :meth:`~pulse_ray.job.output.Output.set_aside_corrupt_parts`).
     """
     store = store or storage.Storage()
     files = metadata_files(out, sub, store)
@@ -256,6 +311,9 @@ def compact(out: str, sub: str = METADATA_DIR, redone=None, store: storage.Stora
         d = d.sort_by([("id", "ascending")])
     target = storage.join(out, sub, f"part-compact-{uuid.uuid4().hex[:12]}.parquet")
     write_table(d, target, store)
+    # the old parts go only once the new one reads back whole: one bad file never hides every row
+    if read_part(target, ["id"], store).num_rows != d.num_rows:
+        raise CorruptPart([(target, "the compacted part did not read back whole")])
     for f in files:
         if f != target:
             store.delete(f)

@@ -5,6 +5,7 @@
     OUT/metadata/part-<hash>.parquet     one metadata part per written batch (atomic)
     OUT/restarts/part-<hash>.parquet     one row per restart (``--save-restarts``)
     OUT/runs/<UTC time>.json             one record per run: options, generator, versions, counts, timings
+    OUT/quarantine/<dir>/<UTC>-<part>    unreadable metadata / restarts parts, set aside by ``submit``
 
 :class:`Output` knows these paths, which ids are done, compaction (see
 :mod:`pulse_ray.job.metadata` for the dedup rule), the removal of stale images and the
@@ -29,11 +30,12 @@ from pulse_ray.io.manifest import write_table
 
 from . import metadata as md
 
-__all__ = ["Output", "FlatOutput", "RUNS_DIR", "is_restart_name"]
+__all__ = ["Output", "FlatOutput", "RUNS_DIR", "QUARANTINE_DIR", "is_restart_name"]
 
 log = logging.getLogger("pulse_ray.job")
 
 RUNS_DIR = "runs"
+QUARANTINE_DIR = "quarantine"
 
 # OUT/sr/<id>/r<k>.png holds restart k of id <id> (--save-restarts): an id ending in
 # "/r<number>" would name the same file as a restart image of another id.
@@ -86,9 +88,22 @@ class Output:
 
     # ------------------------------------------------------------------ state
 
-    def done_ids(self) -> set[str]:
-        """Ids with an ``ok`` row."""
-        return md.done_ids(self.uri, store=self.store)
+    def done_ids(self, corrupt: list | None = None) -> set[str]:
+        """Ids with an ``ok`` row (``corrupt``: see :func:`~pulse_ray.job.metadata.read_metadata`)."""
+        return md.done_ids(self.uri, store=self.store, corrupt=corrupt)
+
+    def set_aside_corrupt_parts(self) -> list[tuple[str, str, str]]:
+        """Move every unreadable metadata / restarts part to ``OUT/quarantine/`` (never deleted: a
+        person may want it); its ids then have no row and are redone. Returns ``(part, moved to, why)``."""
+        moved = []
+        stamp = utc_now().strftime("%Y%m%dT%H%M%SZ")
+        for sub in (md.METADATA_DIR, md.RESTARTS_DIR):
+            for uri, why in md.corrupt_parts(self.uri, sub, self.store):
+                dest = storage.join(self.uri, QUARANTINE_DIR, sub, f"{stamp}-{uri.rsplit('/', 1)[-1]}")
+                self.store.write_bytes(dest, self.store.read_bytes(uri))
+                self.store.delete(uri)
+                moved.append((uri, dest, why))
+        return moved
 
     def has_restarts(self) -> bool:
         """Restart rows exist (an earlier ``--save-restarts`` run)."""

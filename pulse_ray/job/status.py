@@ -1,4 +1,5 @@
-"""``pulse-ray status OUT``: counts by status, converged share, error reasons, timing."""
+"""``pulse-ray status OUT``: counts by status, converged share, error reasons, timing; unreadable
+metadata parts named (``corrupt_parts``; the CLI exits 1 when there are any)."""
 
 from __future__ import annotations
 
@@ -14,10 +15,16 @@ __all__ = ["job_status", "format_status"]
 
 
 def job_status(out: str, store: storage.Storage | None = None) -> dict:
-    """Summary of ``OUT/metadata`` (deduplicated: one row per id) and OUT's last run record."""
+    """Summary of ``OUT/metadata`` (deduplicated: one row per id) and OUT's last run record.
+    ``FileNotFoundError`` when OUT does not exist, :class:`~pulse_ray.job.options.UsageError` when it
+    cannot be one."""
     o = Output(str(out), store or storage.Storage())
-    t = o.read_metadata()
-    raw_rows = o.read_metadata(dedup_rows=False, columns=["id"]).num_rows
+    o.check()  # UsageError: an unsupported scheme, a file
+    if not o.store.isdir(o.uri):  # a typo must not look like an empty job
+        raise FileNotFoundError(f"no such output: {out} (not a folder, or no objects under the prefix)")
+    corrupt: list = []  # unreadable parts: named, left out of the counts
+    t = o.read_metadata(corrupt=corrupt)
+    raw_rows = o.read_metadata(dedup_rows=False, columns=["id"], corrupt=[]).num_rows
     n = t.num_rows
     status = t.column("status").to_pylist()
     conv = t.column("converged").to_pylist()
@@ -55,6 +62,7 @@ def job_status(out: str, store: storage.Storage | None = None) -> dict:
         "first_finished": min(fin).isoformat() if fin else None,
         "last_finished": max(fin).isoformat() if fin else None,
         "last_run": o.last_run_record(),
+        "corrupt_parts": [{"part": u, "reason": why} for u, why in corrupt],
     }
 
 
@@ -62,9 +70,15 @@ def _f(x, fmt="{:.3f}"):
     return "-" if x is None else fmt.format(x)
 
 
+def _corrupt_lines(s: dict) -> list[str]:
+    return [f"  corrupt    {c['part']}: {c['reason']} (its rows are not counted; the next submit moves it to "
+            "OUT/quarantine/ and redoes them)" for c in s.get("corrupt_parts", [])]
+
+
 def format_status(s: dict) -> str:
     if not s["rows"]:
-        return f"{s['output']}: no metadata yet (nothing under {s['output']}/metadata/)"
+        return "\n".join([f"{s['output']}: no metadata yet (nothing under {s['output']}/metadata/)",
+                          *_corrupt_lines(s)])
     share = "-" if s["converged_share"] is None else f"{s['converged_share']:.0%}"
     t = s["seconds_per_image"]
     m = s["downscale_mse"]
@@ -90,6 +104,7 @@ def format_status(s: dict) -> str:
         lines.append(f"  last run   {run.get('started', '-')}: {c.get('processed', 0)} processed, ok {c.get('ok')}, "
                      f"failed {c.get('failed')} in {_f(tm.get('seconds'), '{:.1f}')}s; generator "
                      f"{gen.get('name', '-')} ({(gen.get('sha256') or '-')[:12]})")
+    lines += _corrupt_lines(s)
     if s["metadata_rows"] != s["rows"]:
         lines.append(f"  note       {s['metadata_rows']} metadata rows for {s['rows']} ids (deduplicated: ok first, then latest)")
     return "\n".join(lines)

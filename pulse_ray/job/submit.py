@@ -57,6 +57,7 @@ class SubmitSummary:
     output: str = ""
     dry_run: bool = False
     errors: dict = field(default_factory=dict)  # error_kind -> count (this manifest's failed rows)
+    set_aside: list = field(default_factory=list)  # unreadable parts moved to OUT/quarantine/ (dry run: found)
 
     def to_dict(self) -> dict:
         return asdict(self)
@@ -73,7 +74,16 @@ def submit(manifest: str, output: str, options: JobOptions | None = None, *, str
     out.check()
     source = ManifestSource.open(manifest, store)  # ManifestError: nothing written
     manifest_ids = set(source.ids)
-    ok_in_out = out.done_ids()
+    if o.dry_run:  # nothing moves: unreadable parts are left out and named
+        corrupt: list = []
+        ok_in_out = out.done_ids(corrupt)
+        set_aside = [part for part, _ in corrupt]
+    else:  # unreadable parts go to OUT/quarantine/ and their rows are redone
+        moved = out.set_aside_corrupt_parts()
+        for part, dest, why in moved:
+            stream.write(f"set aside the unreadable part {part} ({why}) as {dest}; its rows are redone\n")
+        set_aside = [part for part, _, _ in moved]
+        ok_in_out = out.done_ids()
     done = set() if o.overwrite else (ok_in_out & manifest_ids)
     todo = [i for i in source.ids if i not in done]
     save_restarts = o.search.save_restarts
@@ -89,7 +99,7 @@ def submit(manifest: str, output: str, options: JobOptions | None = None, *, str
                 "use another output (or run without --save-restarts)")
     _refuse_path_clashes(manifest, source.ids, ok_in_out, set(todo), reserve_restart_names)
     summary = SubmitSummary(total=len(source.ids), skipped=len(done), manifest=str(manifest), output=str(output),
-                            dry_run=o.dry_run)
+                            dry_run=o.dry_run, set_aside=set_aside)
     search = SearchStep(o.search, o.generator, store)
     try:
         gen = search.load_generator()
@@ -99,7 +109,7 @@ def submit(manifest: str, output: str, options: JobOptions | None = None, *, str
 
     if o.dry_run:
         _plan_dry_run(summary, o, len(todo))
-        _fill_from_metadata(summary, out, manifest_ids)
+        _fill_from_metadata(summary, out, manifest_ids, corrupt=[])
         return summary
 
     timings: dict = {}
@@ -209,15 +219,15 @@ def _run_record(s: SubmitSummary, o: JobOptions, gen, started_at, timings: dict)
         "versions": {"pulse_ray": pulse_ray.__version__, "python": platform.python_version(),
                      "torch": torch.__version__, "ray": ray.__version__, "pyarrow": pyarrow.__version__},
         "counts": {k: getattr(s, k) for k in ("total", "ok", "failed", "skipped", "converged", "processed")},
-        "errors": dict(s.errors),
+        "errors": dict(s.errors), "set_aside": list(s.set_aside),
         "plan": {"workers": s.workers, "batch_size": s.batch_size, "gpus_per_worker": s.gpus_per_worker},
         "timings": {"seconds": round(s.seconds, 3), "images_per_minute": round(s.images_per_minute, 3),
                     **{k: round(v, 3) for k, v in timings.items()}},
     }
 
 
-def _fill_from_metadata(summary: SubmitSummary, out: Output, manifest_ids: set[str]) -> None:
-    t = out.read_metadata(columns=["id", "status", "converged", "error_kind"])
+def _fill_from_metadata(summary: SubmitSummary, out: Output, manifest_ids: set[str], corrupt=None) -> None:
+    t = out.read_metadata(columns=["id", "status", "converged", "error_kind"], corrupt=corrupt)
     ok = failed = conv = 0
     errors: Counter = Counter()
     for rid, st, cv, ek in zip(t.column("id").to_pylist(), t.column("status").to_pylist(),
@@ -242,6 +252,10 @@ def format_summary(s: SubmitSummary) -> str:
         f"  generator  {s.generator}",
         f"  workers    {s.workers} x (GPU {s.gpus_per_worker:g})  batch size {s.batch_size}",
     ]
+    if s.set_aside:
+        lines.append(f"  set aside  {len(s.set_aside)} unreadable part(s) "
+                     + ("(a run moves them to OUT/quarantine/ and redoes their rows): " if s.dry_run else
+                        "moved to OUT/quarantine/, their rows redone: ") + ", ".join(s.set_aside[:3]))
     if s.dry_run:
         lines.append(f"  to do      {s.total - s.skipped} rows; {s.skipped} already ok (would be skipped)")
         return "\n".join(lines)
