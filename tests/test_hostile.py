@@ -281,3 +281,51 @@ def test_submit_sets_a_corrupt_part_aside_and_redoes_only_its_rows(ray_cluster, 
     meta = md.read_metadata(out, dedup_rows=False)
     assert sorted(meta.column("id").to_pylist()) == ["a0", "a1", "a2", "b0", "b1"]
     assert set(meta.column("status").to_pylist()) == {"ok"}
+
+
+# ----------------------------------------------------------------------------- item 7: smaller holes
+
+
+def test_status_of_a_missing_or_unusable_output_is_a_usage_error(tmp_path):
+    from typer.testing import CliRunner
+
+    from pulse_ray.cli import app
+
+    r = CliRunner().invoke(app, ["status", str(tmp_path / "typo")])
+    assert r.exit_code == 2 and "no such output" in r.output
+    r = CliRunner().invoke(app, ["status", "http://example.invalid/out"])
+    assert r.exit_code == 2 and "unsupported URI scheme 'http'" in r.output
+    (tmp_path / "empty").mkdir()
+    r = CliRunner().invoke(app, ["status", str(tmp_path / "empty")])
+    assert r.exit_code == 0 and "no metadata yet" in r.output
+
+
+def test_submit_to_an_http_output_is_a_usage_error_and_steps_are_bounded(tmp_path):
+    from typer.testing import CliRunner
+
+    from pulse_ray.cli import app
+    from pulse_ray.io.manifest import write_table
+    from pulse_ray.search.options import OptionError
+
+    man = str(tmp_path / "m.parquet")
+    write_table(pa.table({"id": ["a"], "image": [png_bytes(8, 8)]}), man)
+    r = CliRunner().invoke(app, ["submit", man, "--output", "http://example.invalid/out"])
+    assert r.exit_code == 2 and "unsupported URI scheme 'http'" in r.output
+    top = SearchOptions.__dataclass_fields__["steps"].metadata["max"]
+    assert SearchOptions(steps=top).steps == top
+    with pytest.raises(OptionError, match=f"--steps must be between 1 and {top}"):
+        SearchOptions(steps=top + 1)
+    r = CliRunner().invoke(app, ["submit", man, "--output", str(tmp_path / "out"), "--steps", str(10**9)])
+    assert r.exit_code == 2 and "--steps must be between 1 and" in r.output and not (tmp_path / "out").exists()
+
+
+def test_written_files_get_the_umask_mode(tmp_path):
+    old = os.umask(0o027)
+    try:
+        out = str(tmp_path / "out")
+        _run(pa.table({"id": ["a"], "image": [png_bytes(8, 8)]}), out)
+    finally:
+        os.umask(old)
+    files = [os.path.join(d, f) for d, _, fs in os.walk(out) for f in fs]
+    assert len(files) == 2  # the SR image and the metadata part
+    assert {oct(os.stat(f).st_mode & 0o777) for f in files} == {oct(0o640)}

@@ -104,6 +104,21 @@ def join(base: str, *parts: str) -> str:
     return os.path.join(base, *parts) if parts else base
 
 
+def _umask() -> int:
+    """This process's umask (read without changing it where /proc allows)."""
+    try:
+        with open("/proc/self/status") as f:
+            for line in f:
+                if line.startswith("Umask:"):
+                    return int(line.split()[1], 8)
+    except OSError:
+        pass
+    with _clients_lock:  # elsewhere: set and restore (brief)
+        mask = os.umask(0o022)
+        os.umask(mask)
+    return mask
+
+
 # ----------------------------------------------------------------------------- S3 client
 
 
@@ -273,6 +288,7 @@ class Storage:
         os.makedirs(folder, exist_ok=True)
         fd, tmp = tempfile.mkstemp(prefix=".tmp-" + uuid.uuid4().hex[:8] + "-", dir=folder)
         try:
+            os.fchmod(fd, 0o666 & ~_umask())  # the mode open() would give, not mkstemp's 0600
             with os.fdopen(fd, "wb") as f:
                 f.write(data)
                 f.flush()

@@ -35,8 +35,8 @@ def _opt(default, help: str, cli: bool = False, **extra):
 class SearchOptions:
     """The search's settings (frozen, picklable: it travels to every search actor)."""
 
-    restarts: int = _opt(4, "Restarts of the latent search per image.", cli=True)
-    steps: int = _opt(100, "Optimisation steps per restart.", cli=True)
+    restarts: int = _opt(4, "Restarts of the latent search per image (at most 1000).", cli=True, max=1000)
+    steps: int = _opt(100, "Optimisation steps per restart (at most 100000).", cli=True, max=100_000)
     eps: float = _opt(2e-3, "Downscale-MSE threshold for 'converged'.", cli=True)
     seed: int = _opt(0, "Base seed (per image and restart seeds derive from it).", cli=True)
     keep: str = _opt("realistic", "Which result a search keeps: 'realistic' (PULSE's rule: of the images that "
@@ -61,9 +61,9 @@ class SearchOptions:
 
     def __post_init__(self):
         for name in ("restarts", "steps"):
-            v = getattr(self, name)
-            if isinstance(v, bool) or not isinstance(v, int) or v < 1:
-                raise OptionError(f"--{name} must be >= 1 (got {v})")
+            v, top = getattr(self, name), self.__dataclass_fields__[name].metadata["max"]
+            if isinstance(v, bool) or not isinstance(v, int) or not 1 <= v <= top:
+                raise OptionError(f"--{name} must be between 1 and {top} (got {v})")
         if not (isinstance(self.eps, (int, float)) and self.eps > 0 and math.isfinite(self.eps)):
             raise OptionError(f"--eps must be a positive number (got {self.eps})")
         if self.keep not in KEEP_RULES:
