@@ -1,8 +1,8 @@
 """``pulse-ray`` command line (typer).
 
 Exit codes: 0 the job ran (even with failed rows); 2 bad usage or an unusable
-manifest (nothing written); 1 an infrastructure failure; 130 interrupted
-(re-run the same command to resume).
+manifest (nothing written); 1 an infrastructure failure; 130 interrupted by Ctrl-C,
+143 by SIGTERM (re-run the same command to resume).
 """
 
 from __future__ import annotations
@@ -34,6 +34,36 @@ def _err(msg: str) -> None:
 def _fail_usage(msg: str) -> None:
     _err(msg)
     raise typer.Exit(2)
+
+
+def _fail_infra(what: str, exc: BaseException, output: str | None = None) -> None:
+    """An infrastructure failure: one line (what, where, what to do), the traceback in a log file
+    (``OUT/logs/`` for a local OUT folder, else the temp folder); exit 1."""
+    import os
+    import tempfile
+    import traceback
+    from datetime import datetime, timezone
+
+    from pulse_ray.io import storage
+
+    stamp = datetime.now(timezone.utc).strftime("%Y%m%dT%H%M%S.%fZ")
+    folder = tempfile.gettempdir()
+    try:
+        if output and not storage.is_s3(output) and os.path.isdir(storage.local_path(output)):
+            folder = os.path.join(storage.local_path(output), "logs")
+            os.makedirs(folder, exist_ok=True)
+    except (OSError, ValueError):
+        folder = tempfile.gettempdir()
+    log = os.path.join(folder, f"pulse-ray-error-{stamp}-{os.getpid()}.log")
+    try:
+        with open(log, "w") as f:
+            f.write("".join(traceback.format_exception(exc)))
+        where = f"; details in {log}"
+    except OSError:
+        where = ""
+    first = (str(exc).strip().splitlines() or [""])[0][:300]  # a Ray error's text holds a whole traceback
+    _err(f"{what}: {type(exc).__name__}: {first}{where} (check the storage / cluster, then re-run)")
+    raise typer.Exit(1)
 
 
 def _run_tool(s3_endpoint_url, fn, *args, **kwargs):
@@ -79,7 +109,7 @@ def submit(
     opts: dict = None,
 ):
     """Run the batch job: a manifest of LR images in; OUT/sr/<id>.png and OUT/metadata/ out."""
-    from pulse_ray.job.submit import ManifestError, ResourcesUnavailable, UsageError, format_summary
+    from pulse_ray.job.submit import ManifestError, ResourcesUnavailable, Terminated, UsageError, format_summary
     from pulse_ray.job.submit import submit as run_submit
 
     options = _options({"job": {**opts["job"], "progress": not quiet}, "search": opts["search"]})
@@ -87,15 +117,15 @@ def submit(
         summary = run_submit(manifest, output, options)
     except (ManifestError, UsageError) as exc:
         _fail_usage(str(exc))
-    except KeyboardInterrupt:
-        _err("interrupted; finished rows are saved in OUT/metadata: re-run the same command to resume")
-        raise typer.Exit(130)
+    except KeyboardInterrupt as exc:
+        _err(f"interrupted{' (SIGTERM)' if isinstance(exc, Terminated) else ''}; finished rows are saved in "
+             "OUT/metadata: re-run the same command to resume")
+        raise typer.Exit(143 if isinstance(exc, Terminated) else 130)
     except ResourcesUnavailable as exc:  # infrastructure: the autoscaler did not add the GPUs
         _err(str(exc))
         raise typer.Exit(1)
     except Exception as exc:  # infrastructure: Ray, storage, ...
-        _err(f"job failed: {type(exc).__name__}: {exc}")
-        raise typer.Exit(1)
+        _fail_infra("job failed", exc, output)
     if json_summary:
         typer.echo(json.dumps(summary.to_dict(), default=str))
     else:
@@ -121,8 +151,7 @@ def status(
     except (FileNotFoundError, UsageError) as exc:  # no such OUT, an unsupported scheme
         _fail_usage(str(exc))
     except Exception as exc:
-        _err(f"cannot read the metadata of {output}: {type(exc).__name__}: {exc}")
-        raise typer.Exit(1)
+        _fail_infra(f"cannot read the metadata of {output}", exc, output)
     typer.echo(json.dumps(s, default=str) if json_out else format_status(s))
     if s["corrupt_parts"]:
         raise typer.Exit(1)

@@ -329,3 +329,114 @@ def test_written_files_get_the_umask_mode(tmp_path):
     files = [os.path.join(d, f) for d, _, fs in os.walk(out) for f in fs]
     assert len(files) == 2  # the SR image and the metadata part
     assert {oct(os.stat(f).st_mode & 0o777) for f in files} == {oct(0o640)}
+
+
+# ----------------------------------------------------------------------------- item 6: SIGTERM
+
+_SUBMIT_WITH_SLOW_FAKE_SEARCH = '''
+import functools, importlib, sys, time
+sys.path.insert(0, {repo!r})
+from tests.conftest import FakeSearchStep, fake_upsample
+
+def slow(lrs, generator, options):
+    time.sleep({pause})
+    return fake_upsample(lrs, generator, options)
+
+importlib.import_module("pulse_ray.job.submit").SearchStep = functools.partial(FakeSearchStep, upsample_fn=slow)
+from pulse_ray.cli import main
+sys.argv = ["pulse-ray", "submit", {manifest!r}, "--output", {out!r}, "--restarts", "1", "--steps", "1",
+            "--num-cpus", "2", "--workers", "1", "--batch-size", "1", "--quiet"]
+main()
+'''
+
+
+def _submit_process(tmp_path, manifest, out, pause):
+    """``pulse-ray submit`` in a process of its own (its search: the fake one, ``pause`` s a batch)."""
+    import subprocess
+    import sys
+
+    from .conftest import REPO
+
+    script = tmp_path / f"submit_{pause}.py"
+    script.write_text(_SUBMIT_WITH_SLOW_FAKE_SEARCH.format(repo=REPO, pause=pause, manifest=manifest, out=out))
+    env = {**os.environ, "PYTHONPATH": REPO, "OMP_NUM_THREADS": "1", "RAY_DEDUP_LOGS": "0"}
+    return subprocess.Popen([sys.executable, str(script)], stdout=subprocess.PIPE, stderr=subprocess.PIPE,
+                            text=True, env=env, cwd=str(tmp_path))
+
+
+@pytest.mark.slow
+def test_sigterm_saves_finished_rows_exits_143_and_a_rerun_resumes(tmp_path):
+    import signal
+    import time
+
+    from pulse_ray.io.manifest import write_table
+
+    n = 12
+    manifest = str(tmp_path / "m.parquet")
+    write_table(pa.table({"id": [f"i{k:02d}" for k in range(n)], "image": [png_bytes(8, 8, k) for k in range(n)]}),
+                manifest)
+    out = str(tmp_path / "out")
+    proc = _submit_process(tmp_path, manifest, out, pause=2.0)
+    deadline = time.monotonic() + 240
+    while not md.metadata_files(out) and time.monotonic() < deadline and proc.poll() is None:
+        time.sleep(0.2)
+    assert md.metadata_files(out), proc.communicate()[1][-2000:]
+    t0 = time.monotonic()
+    proc.send_signal(signal.SIGTERM)
+    _, err = proc.communicate(timeout=120)
+    stop_seconds = time.monotonic() - t0
+    assert proc.returncode == 143, err[-3000:]
+    last = [line for line in err.splitlines() if line.strip()][-1]
+    assert last.startswith("error: interrupted (SIGTERM)") and "re-run the same command to resume" in last
+    assert "Traceback" not in err and "execution finished" not in err.lower(), err[-3000:]
+    assert "SIGTERM received" not in err and "*** " not in err, err[-3000:]  # no C++ stack dump
+    saved = md.read_metadata(out, dedup_rows=False)
+    done = saved.column("id").to_pylist()
+    assert 0 < len(done) < n and len(set(done)) == len(done) and set(saved.column("status").to_pylist()) == {"ok"}
+    print(f"SIGTERM to exit: {stop_seconds:.1f} s; {len(done)} of {n} rows saved")
+
+    rerun = _submit_process(tmp_path, manifest, out, pause=0.0)
+    _, err = rerun.communicate(timeout=300)
+    assert rerun.returncode == 0, err[-3000:]
+    meta = md.read_metadata(out, dedup_rows=False)
+    assert sorted(meta.column("id").to_pylist()) == [f"i{k:02d}" for k in range(n)]  # nothing lost or doubled
+    assert set(meta.column("status").to_pylist()) == {"ok"}
+    kept = {r["id"]: r["finished_at"] for r in meta.to_pylist()}
+    first = {r["id"]: r["finished_at"] for r in saved.to_pylist()}
+    assert all(kept[i] == first[i] for i in first)  # rows done before the signal were not redone
+
+
+# ----------------------------------------------------------------------------- item 5: a hung S3 endpoint
+
+
+def test_status_against_an_s3_endpoint_that_never_answers_fails_in_bounded_time(tmp_path, monkeypatch):
+    import glob
+    import socket
+    import tempfile
+    import time
+
+    from typer.testing import CliRunner
+
+    from pulse_ray.cli import app
+
+    monkeypatch.setattr(storage, "S3_CONNECT_TIMEOUT", 1.0)  # the same bounds, shortened for the test
+    monkeypatch.setattr(storage, "S3_READ_TIMEOUT", 1.0)
+    monkeypatch.setattr(storage, "S3_MAX_ATTEMPTS", 2)
+    monkeypatch.setattr(tempfile, "tempdir", str(tmp_path))
+    silent = socket.socket()
+    silent.bind(("127.0.0.1", 0))
+    silent.listen(64)  # connections complete in the kernel; nothing ever answers
+    try:
+        endpoint = "http://127.0.0.1:%d" % silent.getsockname()[1]
+        t0 = time.monotonic()
+        r = _in_thread(lambda: CliRunner().invoke(app, ["status", "s3://bucket/out", "--s3-endpoint-url", endpoint]),
+                       timeout=60)
+        seconds = time.monotonic() - t0
+    finally:
+        silent.close()
+    lines = [line for line in r.output.splitlines() if line.strip()]
+    assert r.exit_code == 1 and len(lines) == 1, r.output
+    assert lines[0].startswith("error: cannot read the metadata of s3://bucket/out") and "timeout" in lines[0].lower()
+    logs = glob.glob(str(tmp_path / "pulse-ray-error-*.log"))
+    assert len(logs) == 1 and logs[0] in lines[0] and "Traceback" in open(logs[0]).read()
+    assert seconds < 30, seconds  # 2 attempts x 1 s, not minutes

@@ -48,6 +48,12 @@ class StorageError(OSError):
     """An object could not be read, written or listed (message names the URI)."""
 
 
+#: Every S3 call is bounded: seconds to connect, seconds to wait for a reply, attempts in all
+#: (botocore's standard retry mode; the same for pyarrow's S3 filesystem).
+S3_CONNECT_TIMEOUT = 10.0
+S3_READ_TIMEOUT = 30.0
+S3_MAX_ATTEMPTS = 3
+
 _clients: dict = {}
 _clients_lock = threading.Lock()
 
@@ -135,6 +141,7 @@ def _client(endpoint: str | None):
         os.environ.get("AWS_ACCESS_KEY_ID"),
         os.environ.get("AWS_PROFILE"),
         os.environ.get("AWS_DEFAULT_REGION") or os.environ.get("AWS_REGION"),
+        (S3_CONNECT_TIMEOUT, S3_READ_TIMEOUT, S3_MAX_ATTEMPTS),
     )
     with _clients_lock:
         client = _clients.get(key)
@@ -143,7 +150,8 @@ def _client(endpoint: str | None):
             client = session.client(
                 "s3",
                 endpoint_url=endpoint,
-                config=Config(retries={"max_attempts": 5, "mode": "standard"}),
+                config=Config(connect_timeout=S3_CONNECT_TIMEOUT, read_timeout=S3_READ_TIMEOUT,
+                              retries={"max_attempts": S3_MAX_ATTEMPTS, "mode": "standard"}),
             )
             _clients[key] = client
         return client
@@ -154,7 +162,8 @@ def _s3_error(op: str, uri: str, exc: Exception) -> StorageError:
     resp = getattr(exc, "response", None)
     if isinstance(resp, dict):
         code = resp.get("Error", {}).get("Code", "") or ""
-    msg = f"{op} {uri}: {code or type(exc).__name__}"
+    detail = "" if code else (str(exc).strip().splitlines() or [""])[0][:200]
+    msg = f"{op} {uri}: {code or type(exc).__name__}" + (f" ({detail})" if detail else "")
     if code in ("NoSuchKey", "404", "NotFound", "NoSuchBucket"):
         return _NotFound(msg)
     return StorageError(msg)
@@ -422,7 +431,9 @@ class Storage:
             region = os.environ.get("AWS_DEFAULT_REGION") or os.environ.get("AWS_REGION")
             if region:
                 kwargs["region"] = region
-            fs = pafs.S3FileSystem(**kwargs)
+            fs = pafs.S3FileSystem(connect_timeout=S3_CONNECT_TIMEOUT, request_timeout=S3_READ_TIMEOUT,
+                                   retry_strategy=pafs.AwsStandardS3RetryStrategy(max_attempts=S3_MAX_ATTEMPTS),
+                                   **kwargs)
             return fs, f"{bucket}/{key}".rstrip("/")
         return pafs.LocalFileSystem(), os.path.abspath(local_path(uri))
 

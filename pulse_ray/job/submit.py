@@ -18,7 +18,9 @@ the output itself, so resume reads them instead.
 from __future__ import annotations
 
 import os
+import signal
 import sys
+import threading
 import time
 from collections import Counter
 from dataclasses import asdict, dataclass, field
@@ -35,7 +37,7 @@ from .search_step import SearchStep
 from .steps import ManifestSource, PrepareStep
 from .write_step import WriteStep
 
-__all__ = ["JobOptions", "SubmitSummary", "ManifestError", "UsageError", "ResourcesUnavailable", "submit",
+__all__ = ["JobOptions", "SubmitSummary", "ManifestError", "UsageError", "ResourcesUnavailable", "Terminated", "submit",
            "format_summary"]
 
 
@@ -63,9 +65,37 @@ class SubmitSummary:
         return asdict(self)
 
 
+class Terminated(KeyboardInterrupt):
+    """SIGTERM (a pod being stopped, ``kill``), handled like Ctrl-C: finished rows are saved and a
+    re-run resumes; the CLI exits 143 (130 for Ctrl-C)."""
+
+
+def _raise_terminated(signum, frame):
+    signal.signal(signal.SIGTERM, signal.SIG_IGN)  # one is enough: the rest of the grace period is for cleanup
+    raise Terminated("SIGTERM")
+
+
+def _terminate_as_interrupt():
+    """SIGTERM raises :class:`Terminated` in the main thread (Ray's ``init`` sets its own handler,
+    so this is armed again once Ray is up). Returns the handler it replaced (None off the main thread)."""
+    if threading.current_thread() is not threading.main_thread():
+        return None
+    return signal.signal(signal.SIGTERM, _raise_terminated)
+
+
 def submit(manifest: str, output: str, options: JobOptions | None = None, *, stream=None) -> SubmitSummary:
     """Run the batch job. Raises :class:`ManifestError` / :class:`UsageError` before
-    anything is written when the manifest or options are unusable."""
+    anything is written when the manifest or options are unusable; ``KeyboardInterrupt``
+    (:class:`Terminated` for SIGTERM) when stopped, with the finished rows saved."""
+    previous = _terminate_as_interrupt()
+    try:
+        return _submit(manifest, output, options, stream)
+    finally:
+        if previous is not None:
+            signal.signal(signal.SIGTERM, previous)
+
+
+def _submit(manifest: str, output: str, options: JobOptions | None, stream) -> SubmitSummary:
     o = options or JobOptions()
     t_start, started_at = time.perf_counter(), utc_now()
     stream = stream or sys.stderr
@@ -147,6 +177,7 @@ def _refuse_path_clashes(manifest, ids, ok_in_out, todo: set, restarts: bool) ->
 def _run_pipeline(source, prepare, search, write, o: JobOptions, summary, n_todo, stream, timings) -> list[str]:
     """Start / join Ray, plan, run the steps; fills the summary; returns the ids that failed."""
     started = cluster.init_ray(o)
+    _terminate_as_interrupt()
     requested = False
     try:
         joined = bool(o.address)
