@@ -29,7 +29,10 @@ from PIL import Image
 
 
 def pack_faces(npz_path: str, parquet_path: str, quality: int = 92) -> int:
-    images = np.load(npz_path)["images"]
+    """The cached faces as JPEG, with the cache's per-face label arrays (ids, race, ...) as columns."""
+    cache = np.load(npz_path, allow_pickle=False)
+    images = cache["images"]
+    labels = {k: cache[k] for k in cache.files if k != "images" and cache[k].shape == (len(images),)}
     encoded = []
     for img in images:
         im = Image.fromarray(img)
@@ -38,7 +41,8 @@ def pack_faces(npz_path: str, parquet_path: str, quality: int = 92) -> int:
         buf = io.BytesIO()
         im.save(buf, format="JPEG", quality=quality)
         encoded.append(buf.getvalue())
-    table = pa.table({"index": pa.array(range(len(encoded)), pa.int32()), "image": pa.array(encoded, pa.binary())})
+    table = pa.table({"index": pa.array(range(len(encoded)), pa.int32()), "image": pa.array(encoded, pa.binary()),
+                      **{k: pa.array(v.tolist()) for k, v in labels.items()}})
     pq.write_table(table, parquet_path, compression="none")  # JPEG does not compress further
     return len(encoded)
 
@@ -46,7 +50,8 @@ def pack_faces(npz_path: str, parquet_path: str, quality: int = 92) -> int:
 def unpack_faces(parquet_path: str, npz_path: str) -> int:
     table = pq.read_table(parquet_path).sort_by("index")
     images = np.stack([np.asarray(Image.open(io.BytesIO(b)).convert("RGB")) for b in table.column("image").to_pylist()])
-    np.savez(npz_path, images=images)
+    labels = {k: np.array(table.column(k).to_pylist()) for k in table.column_names if k not in ("index", "image")}
+    np.savez(npz_path, images=images, **labels)
     return len(images)
 
 
