@@ -51,7 +51,16 @@ def job_status(out: str) -> dict:
         "generators": sorted({g for g in t.column("generator").to_pylist() if g}),
         "first_finished": min(fin).isoformat() if fin else None,
         "last_finished": max(fin).isoformat() if fin else None,
+        "report": _report_index(out),
     }
+
+
+def _report_index(out: str) -> str | None:
+    """``OUT/report/index.html`` when ``pulse-ray report OUT`` has written one."""
+    from pulse_ray.io import storage
+
+    index = storage.join(out, "report", "index.html")
+    return index if storage.exists(index) else None
 
 
 def _f(x, fmt="{:.3f}"):
@@ -73,6 +82,8 @@ def format_status(s: dict) -> str:
         f"  generator  {', '.join(s['generators']) or '-'}",
         f"  finished   {s['first_finished'] or '-'} .. {s['last_finished'] or '-'}",
     ]
+    if s.get("report"):
+        lines.append(f"  report     {s['report']}")
     if s["errors"]:
         lines.append("  errors")
         for k, v in s["errors"].items():

@@ -234,7 +234,7 @@ def _page(title: str, body: str, names: list[str], script: str | None = None, cf
     outs = " vs ".join(escape(n) for n in names)
     return (
         "<!DOCTYPE html>\n<html lang=\"en\"><head><meta charset=\"utf-8\">"
-        f'<meta http-equiv="Content-Security-Policy" content="{escape(csp)}">'
+        f'<meta http-equiv="Content-Security-Policy" content="{escape(csp, quote=False)}">'
         '<meta name="viewport" content="width=device-width, initial-scale=1">'
         '<meta name="referrer" content="no-referrer">'
         f'<link rel="icon" href="favicon.png"><title>{escape(title)}</title><style>{css}</style></head>'
