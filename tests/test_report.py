@@ -303,8 +303,11 @@ def test_report_on_s3_served_over_http(job, s3, browser):
     GETs, as a static-website bucket serves them: the bucket's policy lets anyone read)."""
     s3.client.put_bucket_policy(Bucket=s3.bucket, Policy=json.dumps({"Version": "2012-10-17", "Statement": [
         {"Effect": "Allow", "Principal": "*", "Action": "s3:GetObject", "Resource": f"arn:aws:s3:::{s3.bucket}/*"}]}))
+    out = job["out"]
+    for f in sorted(p for p in Path(out).rglob("*") if p.is_file() and "report" not in p.relative_to(out).parts):
+        s3.client.put_object(Bucket=s3.bucket, Key="job/" + f.relative_to(out).as_posix(), Body=f.read_bytes())
     runner = CliRunner()
-    r = runner.invoke(app, ["report", str(job["out"]), "--to", s3.uri("site/report"), "--s3-endpoint-url", s3.endpoint])
+    r = runner.invoke(app, ["report", s3.uri("job"), "--to", s3.uri("site/report"), "--s3-endpoint-url", s3.endpoint])
     assert r.exit_code == 0, r.output
     keys = s3.keys("site/report/")
     types = {k.rsplit(".", 1)[-1]: s3.client.head_object(Bucket=s3.bucket, Key=k)["ContentType"] for k in keys}
@@ -316,6 +319,27 @@ def test_report_on_s3_served_over_http(job, s3, browser):
     assert _undecoded(browser) == [] and browser.execute_script("return window.__pwned") is None
     _select(browser, "status", "ok")
     assert len(_cards(browser)) == 4
+    assert browser.execute_script("return document.images.length") == 4 * 3 + 4
     _open(browser, base + "/index.html", gallery=False)
     assert browser.execute_script("return document.querySelectorAll('svg.plot').length") == 4
     assert _console_errors(browser) == []
+    assert job_status(s3.uri("job"))["report"] is None  # written elsewhere: OUT holds no report
+    r = runner.invoke(app, ["report", s3.uri("job"), "--s3-endpoint-url", s3.endpoint])
+    assert r.exit_code == 0, r.output
+    assert job_status(s3.uri("job"))["report"] == s3.uri("job/report/index.html")
+
+
+def test_bench_report_end_to_end(tmp_path):
+    """The benchmark script runs and reports consistent figures (no timing is asserted)."""
+    import subprocess
+    import sys
+
+    out = tmp_path / "bench.json"
+    repo = Path(__file__).resolve().parent.parent
+    subprocess.run([sys.executable, str(repo / "benchmarks" / "bench_report.py"), "--rows", "12",
+                    "--keep", str(tmp_path / "b"), "--json", str(out)], check=True, timeout=300)
+    res = json.loads(out.read_text())
+    # 11 ok rows (LR, bicubic, SR) and 1 failed row (LR, bicubic)
+    assert res["rows"] == 12 and res["thumbs_made"] == 35 and res["thumbs_reused"] == 35
+    assert 0 < res["report_mb"] and 0 < res["report_over_job"]
+    assert 0 < res["first_card_ms"] <= res["all_rows_ms"]

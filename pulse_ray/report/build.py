@@ -22,6 +22,7 @@ import io
 import json
 import math
 import os
+import threading
 import time
 from collections import Counter, defaultdict
 from concurrent.futures import ThreadPoolExecutor
@@ -78,27 +79,29 @@ def build_report(outputs: list[str], destination: str | None = None, *, threads:
 
     existing = site.files("thumbs")
     referenced: set[str] = set()
-    made = reused = 0
+    counts = Counter()
+    lock = threading.Lock()
 
     def thumb(kind: str, read, side: int) -> str | None:
-        nonlocal made, reused
         try:
             data = read()
         except Exception:
             return None
         name = thumb_name(kind, data, side)
-        referenced.add(name)
-        if name in existing:
-            reused += 1
-            return name
+        with lock:
+            if name in existing:  # made by an earlier build (or by this one, for another row)
+                referenced.add(name)
+                counts["reused"] += 1
+                return name
         try:
             small = make_thumb(kind, data, side)
         except Exception:  # an image that cannot be decoded safely shows as "none"
-            referenced.discard(name)
             return None
         site.write(name, small)
-        existing.add(name)
-        made += 1
+        with lock:
+            existing.add(name)
+            referenced.add(name)
+            counts["made"] += 1
         return name
 
     def card_row(row_id: str) -> dict:
@@ -184,7 +187,7 @@ def build_report(outputs: list[str], destination: str | None = None, *, threads:
     for stale in sorted((site.files("data") - data_files) | (existing - referenced)):
         site.delete(stale)
     return ReportResult(destination=site.root, index=site.location("index.html"), rows=len(records),
-                        thumbs_made=made, thumbs_reused=reused, seconds=time.perf_counter() - t0)
+                        thumbs_made=counts["made"], thumbs_reused=counts["reused"], seconds=time.perf_counter() - t0)
 
 
 # ----------------------------------------------------------------------------- helpers

@@ -265,12 +265,13 @@
     document.getElementById("prev").disabled = page <= 1;
     document.getElementById("next").disabled = page >= npages;
     var key = slice.map(function (r) { return r.id; }).join("\u0000");
-    if (key === shownKey) return;
-    shownKey = key;
-    var frag = document.createDocumentFragment();
-    slice.forEach(function (r) { frag.appendChild(card(r)); });
-    grid.textContent = "";
-    grid.appendChild(frag);
+    if (key !== shownKey) {
+      shownKey = key;
+      var frag = document.createDocumentFragment();
+      slice.forEach(function (r) { frag.appendChild(card(r)); });
+      grid.textContent = "";
+      grid.appendChild(frag);
+    }
     if (complete || slice.length) document.body.setAttribute("data-rendered", complete ? "all" : "first");
   }
   document.getElementById("prev").addEventListener("click", function () { writeHash({ page: String(Math.max(1, (parseInt(state.page || "1", 10) || 1) - 1)) }, true); window.scrollTo(0, 0); });
