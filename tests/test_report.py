@@ -125,6 +125,8 @@ def _open(driver, url, gallery=True):
 
 
 def _wait_images(driver):
+    """Load every image now (the gallery's are lazy: those below the fold wait for a scroll) and wait."""
+    driver.execute_script("document.querySelectorAll('img[loading=lazy]').forEach(i => { i.loading = 'eager'; })")
     deadline = time.monotonic() + 20
     while not driver.execute_script("return Array.from(document.images).every(i => i.complete)"):
         assert time.monotonic() < deadline, "images did not finish loading"
@@ -343,3 +345,38 @@ def test_bench_report_end_to_end(tmp_path):
     assert res["rows"] == 12 and res["thumbs_made"] == 35 and res["thumbs_reused"] == 35
     assert 0 < res["report_mb"] and 0 < res["report_over_job"]
     assert 0 < res["first_card_ms"] <= res["all_rows_ms"]
+
+
+def test_gallery_pages_through_many_rows(browser, tmp_path, monkeypatch):
+    """130 rows in data pages of 50: 48 cards a screen, next/previous, and a link to an id on the last data page."""
+    import sys
+
+    from pulse_ray.report import build as report_build
+
+    sys.path.insert(0, str(Path(__file__).resolve().parent.parent / "benchmarks"))
+    from bench_report import synthetic_output
+
+    out = synthetic_output(str(tmp_path), 130)
+    monkeypatch.setattr(report_build, "ROWS_PER_DATA_PAGE", 50)
+    build_report([out])
+    site = Path(out) / "report"
+    assert sorted(p.name for p in (site / "data").iterdir()) == ["rows-00000.js", "rows-00001.js", "rows-00002.js"]
+    url = (site / "gallery.html").as_uri()
+    _open(browser, url)
+    first = _cards(browser)
+    assert first == [f"img{i:06d}" for i in range(48)]
+    browser.find_element("id", "next").click()
+    _open(browser, browser.current_url)
+    assert "page=2" in browser.current_url and _cards(browser) == [f"img{i:06d}" for i in range(48, 96)]
+    browser.find_element("id", "next").click()
+    _open(browser, browser.current_url)
+    assert len(_cards(browser)) == 130 - 96
+    assert browser.find_element("id", "next").get_attribute("disabled") is not None
+    _open(browser, url + "#id=img000120")
+    assert _cards(browser) == ["img000120"]
+    _select(browser, "sort", "-mse")
+    assert len(_cards(browser)) == 1
+    browser.find_element("id", "clear").click()
+    _open(browser, browser.current_url)
+    assert len(_cards(browser)) == 48 and _undecoded(browser) == []
+    assert _console_errors(browser) == []
