@@ -30,6 +30,7 @@ from dataclasses import dataclass
 from datetime import datetime, timezone
 from html import escape
 from importlib import resources
+from urllib.parse import quote
 
 from PIL import Image
 
@@ -377,6 +378,4 @@ def _summary_html(jobs: list[JobOutput], names: list[str], labels: list[str]) ->
 
 
 def _quote(s: str) -> str:
-    from urllib.parse import quote
-
     return quote(s, safe="")

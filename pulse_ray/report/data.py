@@ -25,9 +25,6 @@ from pulse_ray.job import metadata as md
 __all__ = ["RUNS_DIR", "JobOutput", "read_output"]
 
 RUNS_DIR = "runs"
-# Columns a manifest may carry that the report does not offer as filters (the image bytes never reach
-# the metadata; these are paths or the job's own bookkeeping).
-_NOT_FILTERS = {"uri", "image"}
 _MAX_ERROR_CHARS = 300
 
 
@@ -162,8 +159,8 @@ def read_output(out: str) -> JobOutput:
             r["error"] = r["error"][: _MAX_ERROR_CHARS - 3] + "..."
         rows.append(r)
     known = set(md.METADATA_NAMES)
-    extra = [c for c in t.column_names if c not in known and c not in _NOT_FILTERS] + (
-        ["uri"] if "uri" in t.column_names else [])
+    # the manifest's own columns, the input's uri last
+    extra = sorted((c for c in t.column_names if c not in known), key=lambda c: c == "uri")
     restarts: dict[str, list[dict]] = {}
     rt = md.read_restarts(out)
     if rt.num_rows:

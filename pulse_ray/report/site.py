@@ -3,6 +3,8 @@
 from __future__ import annotations
 
 import mimetypes
+import os
+from pathlib import Path
 
 from pulse_ray.io import storage
 
@@ -59,7 +61,4 @@ class Site:
         uri = self.uri(rel)
         if storage.is_s3(uri):
             return uri
-        import os
-        from pathlib import Path
-
         return Path(os.path.abspath(storage.local_path(uri))).as_uri()
