@@ -248,6 +248,33 @@ def convert_generator(
                f"from {res['source']} ({res['bytes'] / 1e6:.1f} MB)")
 
 
+# ----------------------------------------------------------------------------- report
+
+
+@app.command("report")
+def report(
+    outputs: Annotated[List[str], typer.Argument(help="The job's output folder or s3:// prefix; two to compare them side by side.")],
+    to: Annotated[Optional[str], typer.Option("--to", help="Folder or s3:// prefix for the report (default: OUT/report).")] = None,
+    open_it: Annotated[bool, typer.Option("--open", help="Open the report in a web browser when it is written.")] = False,
+    s3_endpoint_url: Annotated[Optional[str], typer.Option(help="S3-compatible endpoint.")] = None,
+):
+    """Write a static HTML report of OUT: summary, plots and a gallery of every input (re-run to refresh)."""
+    from pulse_ray.report import build_report
+
+    if len(outputs) > 2:
+        _fail_usage(f"report takes one output, or two to compare (got {len(outputs)})")
+    res = _run_tool(s3_endpoint_url, build_report, outputs, to)
+    typer.echo(f"wrote the report of {res.rows} rows to {res.destination} ({res.thumbs_made} thumbnails made, "
+               f"{res.thumbs_reused} reused, {res.seconds:.1f}s); open {res.index}")
+    if open_it:
+        if res.index.startswith("s3://"):
+            _err("--open: the report is on S3; serve the bucket as a static website to open it")
+        else:
+            import webbrowser
+
+            webbrowser.open(res.index)
+
+
 def main() -> None:  # python -m pulse_ray.cli
     app()
 

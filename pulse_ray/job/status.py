@@ -14,7 +14,7 @@ __all__ = ["job_status", "format_status"]
 
 
 def job_status(out: str, store: storage.Storage | None = None) -> dict:
-    """Summary of ``OUT/metadata`` (deduplicated: one row per id) and OUT's last run record."""
+    """Summary of ``OUT/metadata`` (deduplicated: one row per id), OUT's last run record and its report."""
     o = Output(str(out), store or storage.Storage())
     t = o.read_metadata()
     raw_rows = o.read_metadata(dedup_rows=False, columns=["id"]).num_rows
@@ -55,6 +55,7 @@ def job_status(out: str, store: storage.Storage | None = None) -> dict:
         "first_finished": min(fin).isoformat() if fin else None,
         "last_finished": max(fin).isoformat() if fin else None,
         "last_run": o.last_run_record(),
+        "report": o.report_index(),
     }
 
 
@@ -77,6 +78,8 @@ def format_status(s: dict) -> str:
         f"  generator  {', '.join(s['generators']) or '-'}",
         f"  finished   {s['first_finished'] or '-'} .. {s['last_finished'] or '-'}",
     ]
+    if s.get("report"):
+        lines.append(f"  report     {s['report']}")
     if s["errors"]:
         lines.append("  errors")
         for k, v in s["errors"].items():
