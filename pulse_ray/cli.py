@@ -11,7 +11,10 @@ import json
 from typing import List, Optional
 
 import typer
+from typer.core import TyperCommand
 from typing_extensions import Annotated
+
+from pulse_ray.photos.align import DEFAULT_DETECTOR, DEFAULT_UPSAMPLE
 
 app = typer.Typer(
     name="pulse-ray",
@@ -146,18 +149,50 @@ def status(
 # ----------------------------------------------------------------------------- make-manifest
 
 
-@app.command("make-manifest")
+ALIGN_RECIPES = ("ffhq", "haar")
+
+
+class _MakeManifestCommand(TyperCommand):
+    """Reads the old boolean ``--align`` (no value) as ``--align haar``, with a deprecation note."""
+
+    def parse_args(self, ctx, args):
+        args = [a for a in args if a != "--no-align"]
+        for i, a in enumerate(args):
+            if a == "--align" and (i + 1 == len(args) or args[i + 1] not in ALIGN_RECIPES):
+                typer.echo("note: a bare --align is deprecated: say --align haar (this, a square crop) or "
+                           "--align ffhq (landmark alignment of every face)", err=True)
+                args.insert(i + 1, "haar")
+                break
+        return super().parse_args(ctx, args)
+
+
+@app.command("make-manifest", cls=_MakeManifestCommand)
 def make_manifest(
-    src: Annotated[str, typer.Argument(help="Folder or s3:// prefix of images.")],
+    src: Annotated[str, typer.Argument(help="Folder or s3:// prefix of images; with --align ffhq also a Parquet table of photos (id + uri and/or image, optional landmarks / box).")],
     output: Annotated[str, typer.Option("--output", "-o", help="Manifest to write (.parquet, local or s3://).")],
-    align: Annotated[bool, typer.Option(help="Find the face (OpenCV cascade), crop it square, resize to --lr-size.")] = False,
+    align: Annotated[Optional[str], typer.Option(help="'ffhq': every face of each photo, FFHQ-aligned from dlib's 68 landmarks (needs the align extra); 'haar': the largest face, square crop (OpenCV cascade).")] = None,
     lr_size: Annotated[Optional[int], typer.Option(help="With --align: LR side in px (default 16).")] = None,
+    align_scale: Annotated[Optional[float], typer.Option(help="With --align ffhq: crop scale (1.0 = FFHQ framing); default: the one --generator records, else 1.0.")] = None,
+    generator: Annotated[Optional[str], typer.Option(help="With --align ffhq: the generator whose recorded alignment sets the crop scale (default: bundled).")] = None,
+    detector: Annotated[str, typer.Option(help="With --align ffhq: face detector, hog, cnn or haar.")] = DEFAULT_DETECTOR,
+    upsample: Annotated[int, typer.Option(help="With --align ffhq: times the photo is doubled for detection (small faces).")] = DEFAULT_UPSAMPLE,
+    num_cpus: Annotated[Optional[int], typer.Option(help="With --align ffhq: CPUs of the embedded Ray (default: all).")] = None,
     s3_endpoint_url: Annotated[Optional[str], typer.Option(help="S3-compatible endpoint.")] = None,
 ):
-    """Images -> manifest (id, uri) or, with --align, (id, image, source_uri)."""
+    """Images -> manifest (id, uri); with --align haar (id, image, source_uri); with --align ffhq one
+    row per face (id '<photo>#<k>', image, source_uri, quad, landmarks, score), failures in <manifest>.failed.parquet."""
+    if align not in (None, *ALIGN_RECIPES):
+        _fail_usage(f"--align must be one of {', '.join(ALIGN_RECIPES)} (got {align!r})")
+    if align == "ffhq":
+        from pulse_ray.photos.align import align_photos
+
+        res = _run_tool(s3_endpoint_url, align_photos, src, output, lr_size=lr_size or 16, scale=align_scale,
+                        generator=generator, detector=detector, upsample=upsample, num_cpus=num_cpus)
+        _report(f"wrote {output}: {res.written} faces", res.skipped)
+        return
     from pulse_ray.job.tools import make_manifest as run
 
-    res = _run_tool(s3_endpoint_url, run, src, output, align=align, lr_size=lr_size)
+    res = _run_tool(s3_endpoint_url, run, src, output, align=align == "haar", lr_size=lr_size)
     _report(f"wrote {output}: {res.written} rows", res.skipped)
 
 
@@ -253,6 +288,24 @@ def nightly(ctx: typer.Context):
     from pulse_ray.job.nightly import main as nightly_main
 
     raise typer.Exit(nightly_main(list(ctx.args), prog="pulse-ray nightly"))
+
+
+# ----------------------------------------------------------------------------- paste-back
+
+
+@app.command("paste-back")
+def paste_back(
+    output: Annotated[str, typer.Argument(help="The job's output folder or s3:// prefix (submitted with a manifest from make-manifest --align ffhq).")],
+    photos_scale: Annotated[int, typer.Option(help="How many times the photos are enlarged (Lanczos) before the SR faces go in.")] = 2,
+    overwrite: Annotated[bool, typer.Option(help="Restore photos again even where OUT/restored already has them.")] = False,
+    s3_endpoint_url: Annotated[Optional[str], typer.Option(help="S3-compatible endpoint.")] = None,
+):
+    """SR faces back into their photos: OUT/restored/<photo id>.png|jpg, listed in OUT/restored_metadata/."""
+    from pulse_ray.photos.paste import paste_back as run
+
+    res = _run_tool(s3_endpoint_url, run, output, photos_scale, overwrite=overwrite)
+    _report(f"restored {res.written} photo(s) into {output}/restored"
+            + (f"; {res.skipped} already restored" if res.skipped else ""), res.failed)
 
 
 def main() -> None:  # python -m pulse_ray.cli

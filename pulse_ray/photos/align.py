@@ -238,11 +238,12 @@ def failed_report_uri(manifest: str) -> str:
     return base + ".failed.parquet"
 
 
-def align_photos(src: str, manifest: str, *, lr_size: int, scale: float, detector: str = DEFAULT_DETECTOR,
-                 upsample: int = DEFAULT_UPSAMPLE, num_cpus: int | None = None):
+def align_photos(src: str, manifest: str, *, lr_size: int, scale: float | None = None, generator: str | None = None,
+                 detector: str = DEFAULT_DETECTOR, upsample: int = DEFAULT_UPSAMPLE, num_cpus: int | None = None):
     """Photos (folder, ``s3://`` prefix or Parquet photo table) -> face manifest at ``manifest``
-    plus ``<manifest>.failed.parquet`` for photos without a usable face. Uses the running Ray
-    (or starts an embedded one with ``num_cpus``). Returns a :class:`pulse_ray.job.tools.ToolResult`."""
+    plus ``<manifest>.failed.parquet`` for photos without a usable face. The crop scale is ``scale``,
+    else the one ``generator`` records (see :func:`align_scale_for`). Uses the running Ray (or starts
+    an embedded one with ``num_cpus``). Returns a :class:`pulse_ray.job.tools.ToolResult`."""
     import ray
 
     from pulse_ray.io.manifest import write_table
@@ -252,10 +253,11 @@ def align_photos(src: str, manifest: str, *, lr_size: int, scale: float, detecto
 
     if detector not in DETECTORS:
         raise ValueError(f"--detector must be one of {', '.join(DETECTORS)} (got {detector!r})")
+    _check_align_extra()
+    scale = align_scale_for(generator, scale)
     if lr_size < 1 or upsample < 0 or not scale > 0:
         raise ValueError(f"--lr-size must be >= 1, --upsample >= 0 and the align scale > 0 "
                          f"(got {lr_size}, {upsample}, {scale})")
-    _check_align_extra()
     rows, files = _photo_rows(os.fspath(src))
     if rows is None:
         rows = _table_rows(files)
