@@ -42,7 +42,9 @@ def _quads(found):
 
 def _png(arr_or_img, mode=None, fmt="PNG", **kw) -> bytes:
     img = arr_or_img if isinstance(arr_or_img, Image.Image) else Image.fromarray(arr_or_img)
-    if mode:
+    if mode == "P":
+        img = img.convert("P", palette=Image.Palette.ADAPTIVE, colors=256)
+    elif mode:
         img = img.convert(mode)
     buf = io.BytesIO()
     img.save(buf, format=fmt, **kw)
@@ -90,9 +92,10 @@ def test_user_landmarks_and_boxes_are_used_as_given(faces):
         assert r["score"] is None and r["id"] == f"p#{r['face']}"
     five = [lm[[45, 42, 36, 39, 33]] for lm in scene.landmarks]  # dlib's 5-point order
     rows5 = step.one_photo(_row(data, landmarks=[f.reshape(-1).tolist() for f in five]))
-    for r, lm in zip(rows5, scene.landmarks):
+    for r, f, lm in zip(rows5, five, scene.landmarks):  # the mouth is estimated from the nose: roughly FFHQ's quad
+        np.testing.assert_allclose(np.reshape(r["quad"], (4, 2)), ffhq_quad(f))
         corner, share, angle = quad_errors(np.reshape(r["quad"], (4, 2)), ffhq_quad(lm))
-        assert share < 12 and angle < 4, (share, angle)
+        assert share < 20 and angle < 12, (share, angle)
     lm = scene.landmarks[0]
     box = [lm[:, 0].min() - 3, lm[:, 1].min() - 8, lm[:, 0].max() + 3, lm[:, 1].max() + 3]
     (r,) = step.one_photo(_row(data, box=box))
