@@ -267,6 +267,7 @@ def align_photos(src: str, manifest: str, *, lr_size: int, scale: float | None =
 
         ray.init(num_cpus=num_cpus, include_dashboard=False, logging_level="WARNING",
                  runtime_env=worker_runtime_env())
+    ray.data.DataContext.get_current().enable_progress_bars = False
     try:
         cpus = max(1, int(ray.cluster_resources().get("CPU", 1)))
         ds = ray.data.from_items(rows).map_batches(
