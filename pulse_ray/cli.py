@@ -158,7 +158,7 @@ class _MakeManifestCommand(TyperCommand):
     def parse_args(self, ctx, args):
         args = [a for a in args if a != "--no-align"]
         for i, a in enumerate(args):
-            if a == "--align" and (i + 1 == len(args) or args[i + 1] not in ALIGN_RECIPES):
+            if a == "--align" and (i + 1 == len(args) or args[i + 1].startswith("-")):
                 typer.echo("note: a bare --align is deprecated: say --align haar (this, a square crop) or "
                            "--align ffhq (landmark alignment of every face)", err=True)
                 args.insert(i + 1, "haar")

@@ -287,3 +287,52 @@ def test_manifest_table_input_keeps_inline_photos(faces, tmp_path):
     (r,) = AlignPhotos(lr_size=LR, scale=1.0).one_photo(dict(photo_id="a", image=_png(scene.photo), source_table=table))
     assert r["status"] == "ok" and r["source_uri"] is None and r["source_table"] == table
     assert _photo_bytes(None, table, "a") == _png(scene.photo)
+
+
+# ----------------------------------------------------------------------------- options
+
+
+def test_crop_scale_comes_from_the_generator_meta_unless_given(tmp_path):
+    import torch
+
+    from pulse_ray.photos.align import align_scale_for, generator_alignment
+
+    recorded = tmp_path / "g.pt"
+    torch.save({"synthesis": {"w": torch.zeros(1)}, "meta": {"alignment": {"recipe": "ffhq", "scale": 0.6}}}, recorded)
+    plain = tmp_path / "plain.pt"
+    torch.save({"synthesis": {"w": torch.zeros(1)}, "meta": {"name": "ffhq1024"}}, plain)
+    assert generator_alignment(str(recorded)) == {"recipe": "ffhq", "scale": 0.6}
+    assert align_scale_for(str(recorded), None) == 0.6
+    assert align_scale_for(str(plain), None) == 1.0
+    assert align_scale_for(str(recorded), 0.8) == 0.8
+
+
+def test_bare_align_still_means_haar_with_a_note(faces, tmp_path):
+    from typer.testing import CliRunner
+
+    from pulse_ray.cli import app
+
+    (tmp_path / "in").mkdir()
+    (tmp_path / "in" / "one.png").write_bytes(_png(faces[0][0]))
+    runner = CliRunner()
+    bare = runner.invoke(app, ["make-manifest", str(tmp_path / "in"), "-o", str(tmp_path / "a.parquet"), "--align"])
+    named = runner.invoke(app, ["make-manifest", str(tmp_path / "in"), "-o", str(tmp_path / "b.parquet"), "--align", "haar"])
+    assert bare.exit_code == named.exit_code == 0, bare.output
+    assert "deprecated" in bare.output and "deprecated" not in named.output
+    import pyarrow.parquet as pq
+
+    a, b = pq.read_table(str(tmp_path / "a.parquet")), pq.read_table(str(tmp_path / "b.parquet"))
+    assert a.column_names == ["id", "image", "source_uri"] and a.equals(b) and a.num_rows == 1
+    wrong = runner.invoke(app, ["make-manifest", str(tmp_path / "in"), "-o", str(tmp_path / "c.parquet"), "--align", "dlib"])
+    assert wrong.exit_code == 2 and "--align must be one of ffhq, haar (got 'dlib')" in wrong.output
+
+
+def test_paste_back_without_a_job_exits_2(tmp_path):
+    from typer.testing import CliRunner
+
+    from pulse_ray.cli import app
+
+    res = CliRunner().invoke(app, ["paste-back", str(tmp_path), "--photos-scale", "2"])
+    assert res.exit_code == 2 and "run submit first" in res.output
+    res = CliRunner().invoke(app, ["paste-back", str(tmp_path), "--photos-scale", "0"])
+    assert res.exit_code == 2 and "--photos-scale" in res.output
