@@ -9,6 +9,9 @@ LR size with the project's downscaler. The work runs as a Ray Data ``map_batches
 from __future__ import annotations
 
 import os
+import posixpath
+from collections import Counter
+from dataclasses import dataclass, field
 
 import numpy as np
 import pyarrow as pa
@@ -190,7 +193,9 @@ class AlignPhotos:
             img = open_photo(data, where)
             faces = align_photo(img, lr_size=self.lr_size, scale=self.scale, detector=self.detector,
                                 upsample=self.upsample, geometry=user_faces(row))
-        except (images.BadInput, FileNotFoundError, ValueError) as exc:
+        except Exception as exc:  # this photo fails; a store that fails (not a missing file) stops the job
+            if isinstance(exc, storage.StorageError) and not isinstance(exc, FileNotFoundError):
+                raise
             return [dict(photo_id=pid, source_uri=uri, source_table=table, status="failed", error=str(exc))]
         return [dict(f, id=f"{pid}#{k}", photo_id=pid, face=k, source_uri=uri,
                      source_table=None if uri else table, status="ok") for k, f in enumerate(faces)]
@@ -200,19 +205,28 @@ class AlignPhotos:
 
 
 def _photo_rows(src: str) -> tuple[list[dict] | None, list[str] | None]:
-    """A folder / prefix of photos -> rows ``{photo_id, uri}``; a Parquet photo table -> its files."""
-    from pulse_ray.job.tools import _abs_uri, _ids_for, list_images
+    """A folder / prefix of photos (or one photo) -> rows ``{photo_id, uri}``; a Parquet photo table -> its files.
 
-    if src.lower().endswith(".parquet") or (storage.isdir(src) and storage.list_uris(src, suffix=".parquet")
-                                            and not list_images(src)):
-        from pulse_ray.io.manifest import manifest_files
+    A photo's id is its path below ``src`` without the extension (with it where two would collide)."""
+    from pulse_ray.io.manifest import manifest_files
 
-        return None, manifest_files(src)
-    found = list_images(src)
-    if not found:
-        raise FileNotFoundError(f"no photos ({', '.join(images.IMAGE_SUFFIXES)}) or Parquet photo table under {src}")
-    ids = _ids_for([r for _, r in found])
-    return [{"photo_id": i, "uri": _abs_uri(u)} for (u, _), i in zip(found, ids)], None
+    uris = storage.list_uris(src, suffix=images.IMAGE_SUFFIXES)
+    if not uris:
+        if src.lower().endswith(".parquet") or storage.isdir(src):
+            return None, manifest_files(src)
+        if not (storage.exists(src) and src.lower().endswith(images.IMAGE_SUFFIXES)):
+            raise FileNotFoundError(f"no photos ({', '.join(images.IMAGE_SUFFIXES)}) or Parquet photo table at {src}")
+        uris = [src]
+    if storage.is_s3(src) or src.startswith("file://"):
+        rels = [u[len(src.rstrip("/")) + 1:] if len(uris) > 1 or u != src else posixpath.basename(u) for u in uris]
+    else:
+        root = storage.local_path(src)
+        rels = [os.path.relpath(u, root).replace(os.sep, "/") if u != src else os.path.basename(u) for u in uris]
+        uris = [os.path.abspath(u) for u in uris]
+    stems = [posixpath.splitext(r)[0] for r in rels]
+    count = Counter(stems)
+    ids = [s if count[s] == 1 else r for s, r in zip(stems, rels)]
+    return [{"photo_id": i, "uri": u} for u, i in zip(uris, ids)], None
 
 
 def _table_rows(files: list[str]) -> list[dict]:
@@ -243,11 +257,10 @@ def align_photos(src: str, manifest: str, *, lr_size: int, scale: float | None =
     """Photos (folder, ``s3://`` prefix or Parquet photo table) -> face manifest at ``manifest``
     plus ``<manifest>.failed.parquet`` for photos without a usable face. The crop scale is ``scale``,
     else the one ``generator`` records (see :func:`align_scale_for`). Uses the running Ray (or starts
-    an embedded one with ``num_cpus``). Returns a :class:`pulse_ray.job.tools.ToolResult`."""
+    an embedded one with ``num_cpus``). Returns an :class:`AlignResult`."""
     import ray
 
     from pulse_ray.io.manifest import write_table
-    from pulse_ray.job.tools import ToolResult
 
     from .detect import DETECTORS
 
@@ -284,7 +297,7 @@ def align_photos(src: str, manifest: str, *, lr_size: int, scale: float | None =
     write_table(ok, manifest)
     failed = out.filter(pa.compute.equal(out.column("status"), "failed"))
     report = failed_report_uri(manifest)
-    res = ToolResult(written=ok.num_rows, output=manifest)
+    res = AlignResult(written=ok.num_rows, output=manifest)
     if failed.num_rows:
         failed = failed.select([f.name for f in FAILED_FIELDS]).sort_by([("photo_id", "ascending")])
         write_table(failed, report)
@@ -305,6 +318,13 @@ def _check_align_extra() -> None:
         models_dir()
     except RuntimeError:
         raise MissingExtra(ALIGN_EXTRA_HINT) from None
+
+
+@dataclass
+class AlignResult:
+    written: int = 0  # faces in the manifest
+    skipped: list = field(default_factory=list)  # (photo, reason) of each failed photo
+    output: str = ""
 
 
 class MissingExtra(ValueError):
