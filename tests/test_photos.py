@@ -336,3 +336,67 @@ def test_paste_back_without_a_job_exits_2(tmp_path):
     assert res.exit_code == 2 and "run submit first" in res.output
     res = CliRunner().invoke(app, ["paste-back", str(tmp_path), "--photos-scale", "0"])
     assert res.exit_code == 2 and "--photos-scale" in res.output
+
+
+def _fake_job(out, photo_uri, quads, img, failed=()):
+    """OUT/metadata and OUT/sr as submit writes them, for faces whose "SR" is the face itself."""
+    from datetime import datetime, timezone
+
+    from pulse_ray.io.manifest import write_table
+    from pulse_ray.job import metadata as md
+
+    rows = []
+    for k, q in enumerate(quads):
+        fid = f"group#{k}"
+        sr = storage.join(out, "sr", fid + ".png")
+        if k in failed:
+            rows.append(dict(id=fid, status="failed", error="search failed", sr_uri=None))
+        else:
+            storage.write_bytes(sr, _png(crop_quad(img, q, 64)))
+            rows.append(dict(id=fid, status="ok", error=None, sr_uri=sr))
+        rows[-1].update(finished_at=datetime.now(timezone.utc), photo_id="group", source_uri=photo_uri,
+                        quad=q.reshape(-1).tolist())
+    write_table(pa.Table.from_pylist(rows), storage.join(out, "metadata", md.part_name([r["id"] for r in rows])))
+
+
+def test_paste_back_command_writes_restored_photos_lists_them_and_resumes(faces, tmp_path):
+    from typer.testing import CliRunner
+
+    from pulse_ray.cli import app
+    from pulse_ray.photos.paste import read_restored
+
+    scene = _scene(faces, 9, n=3, size=(320, 240), eye_range=(18.0, 30.0))
+    photo = tmp_path / "group.png"
+    photo.write_bytes(_png(scene.photo))
+    img = Image.fromarray(scene.photo)
+    quads = _quads(align_photo(img, lr_size=LR, scale=0.6))
+    out = str(tmp_path / "out")
+    _fake_job(out, str(photo), quads, img, failed={1})
+    runner = CliRunner()
+    first = runner.invoke(app, ["paste-back", out, "--photos-scale", "2"])
+    assert first.exit_code == 0 and "restored 1 photo(s)" in first.output, first.output
+    (row,) = read_restored(out).to_pylist()
+    assert (row["status"], row["faces"], row["faces_failed"], row["width"], row["height"]) == ("ok", len(quads) - 1, 1, 640, 480)
+    restored = np.asarray(Image.open(row["restored_uri"]), np.float64)
+    expected = restore_photo(img, [(np.asarray(crop_quad(img, q, 64)), q) for k, q in enumerate(quads) if k != 1], 2)
+    np.testing.assert_array_equal(restored, np.asarray(expected, np.float64))
+    again = runner.invoke(app, ["paste-back", out, "--photos-scale", "2"])
+    assert "restored 0 photo(s)" in again.output and "1 already restored" in again.output
+    other_scale = runner.invoke(app, ["paste-back", out, "--photos-scale", "1"])
+    assert "restored 1 photo(s)" in other_scale.output and read_restored(out).to_pylist()[0]["width"] == 320
+    photo.unlink()
+    gone = runner.invoke(app, ["paste-back", out, "--photos-scale", "2", "--overwrite"])
+    assert gone.exit_code == 0 and "group" in gone.output and read_restored(out).to_pylist()[0]["status"] == "failed"
+
+
+def test_paste_back_of_a_job_without_photo_rows_says_so(tmp_path):
+    from datetime import datetime, timezone
+
+    from pulse_ray.io.manifest import write_table
+    from pulse_ray.photos.paste import paste_back
+
+    out = str(tmp_path / "out")
+    write_table(pa.Table.from_pylist([dict(id="a", status="ok", sr_uri="x.png", finished_at=datetime.now(timezone.utc))]),
+                storage.join(out, "metadata", "part-1.parquet"))
+    with pytest.raises(ValueError, match="make-manifest --align ffhq"):
+        paste_back(out, 2)

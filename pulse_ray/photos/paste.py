@@ -115,13 +115,19 @@ def _face_rows(out: str) -> dict[str, dict]:
     from pulse_ray.job import metadata as md
 
     t = md.read_metadata(out)
-    need = {"photo_id", "quad"}
-    if t.num_rows and not need <= set(t.column_names):
-        raise ValueError(f"{out}: its metadata has no {' / '.join(sorted(need - set(t.column_names)))} column: "
-                         f"paste-back needs a job submitted with a manifest from 'make-manifest --align ffhq'")
+    names = set(t.column_names)
+
+    def carried(c):  # submit carries a manifest column as is, or as input_<name> where the name clashes
+        return c if c in names else f"input_{c}" if f"input_{c}" in names else None
+
+    missing = [c for c in ("photo_id", "quad") if carried(c) is None]
+    if t.num_rows and missing:
+        raise ValueError(f"{out}: its metadata has no {' / '.join(missing)} column: paste-back needs a job "
+                         f"submitted with a manifest from 'make-manifest --align ffhq'")
     photos: dict[str, dict] = {}
-    cols = {c: t.column(c).to_pylist() if c in t.column_names else [None] * t.num_rows
-            for c in ("id", "status", "sr_uri", "photo_id", "quad", "source_uri", "source_table")}
+    cols = {c: t.column(carried(c)).to_pylist() if carried(c) else [None] * t.num_rows
+            for c in ("photo_id", "quad", "source_uri", "source_table")}
+    cols.update({c: t.column(c).to_pylist() for c in ("id", "status", "sr_uri")})
     for i in range(t.num_rows):
         p = photos.setdefault(cols["photo_id"][i], {"source_uri": cols["source_uri"][i],
                                                     "source_table": cols["source_table"][i], "ok": [], "failed": 0})
