@@ -286,7 +286,9 @@ def test_manifest_table_input_keeps_inline_photos(faces, tmp_path):
     pq.write_table(pa.table({"id": ["a"], "image": [_png(scene.photo)]}), table)
     (r,) = AlignPhotos(lr_size=LR, scale=1.0).one_photo(dict(photo_id="a", image=_png(scene.photo), source_table=table))
     assert r["status"] == "ok" and r["source_uri"] is None and r["source_table"] == table
-    assert _photo_bytes(None, table, "a") == _png(scene.photo)
+    assert _photo_bytes(None, table, "a", {}) == _png(scene.photo)
+    with pytest.raises(ValueError, match="no longer in its photo table"):
+        _photo_bytes(None, table, "b", {})
 
 
 # ----------------------------------------------------------------------------- options

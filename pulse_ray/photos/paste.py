@@ -153,18 +153,21 @@ def _done(out: str) -> dict[str, tuple]:
         t.column("photo_id").to_pylist(), t.column("photos_scale").to_pylist(), t.column("face_ids").to_pylist())}
 
 
-def _photo_bytes(source_uri: str | None, source_table: str | None, photo_id: str) -> bytes:
+def _photo_bytes(source_uri: str | None, source_table: str | None, photo_id: str, tables: dict) -> bytes:
+    """A source photo: its file, or its row of the photo table it came in (``tables`` caches each table's ids)."""
     if source_uri:
         return storage.read_bytes(source_uri)
     if not source_table:
         raise images.BadInput("the face rows name neither a source photo (source_uri) nor a photo table")
     from pulse_ray.io.manifest import read_table
 
-    t = read_table(source_table, columns=["id", "image"])
-    hit = t.filter(pa.compute.equal(t.column("id"), photo_id))
-    if not hit.num_rows:
+    if source_table not in tables:
+        t = read_table(source_table, columns=["id", "image"])
+        tables[source_table] = (t, {v: i for i, v in enumerate(t.column("id").to_pylist())})
+    t, where = tables[source_table]
+    if photo_id not in where:
         raise images.BadInput(f"photo {photo_id!r} is no longer in its photo table {source_table}")
-    return hit.column("image")[0].as_py()
+    return t.column("image")[where[photo_id]].as_py()
 
 
 def paste_back(out: str, scale: int, *, overwrite: bool = False, progress=None) -> PasteResult:
@@ -181,7 +184,7 @@ def paste_back(out: str, scale: int, *, overwrite: bool = False, progress=None) 
     photos = _face_rows(out)
     done = {} if overwrite else _done(out)
     res = PasteResult(output=out)
-    rows = []
+    rows, tables = [], {}
     for pid in sorted(photos):
         p = photos[pid]
         face_ids = sorted(f[0] for f in p["ok"])
@@ -192,7 +195,7 @@ def paste_back(out: str, scale: int, *, overwrite: bool = False, progress=None) 
         row = dict(photo_id=pid, source_uri=p["source_uri"], source_table=p["source_table"], photos_scale=scale,
                    faces=len(face_ids), face_ids=face_ids, faces_failed=p["failed"])
         try:
-            data = _photo_bytes(p["source_uri"], p["source_table"], pid)
+            data = _photo_bytes(p["source_uri"], p["source_table"], pid, tables)
             img = open_photo(data, p["source_uri"] or f"{p['source_table']} id {pid!r}")
             if img.width * img.height * scale * scale > MAX_RESTORED_PIXELS:
                 raise images.BadInput(f"{img.width}x{img.height} enlarged {scale}x is over the "
