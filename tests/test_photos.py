@@ -171,6 +171,7 @@ def test_huge_photos_refused_from_the_header_or_detected_reduced(faces):
     truth = place_face(wide, face, lm, (15_000, 350), 150.0, -5.0)
     (ok,) = step.one_photo(_row(_png(wide, fmt="JPEG", quality=90)))
     assert ok["status"] == "ok" and ok["detect_reduction"] == 5 and ok["photo_width"] == 20_000
+    assert ok["detect_upsample"] == 1, "4000 px doubled twice would pass 8192 px"
     share = quad_errors(np.reshape(ok["quad"], (4, 2)), ffhq_quad(truth))[1]
     assert share < 4, share
 

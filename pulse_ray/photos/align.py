@@ -25,6 +25,7 @@ from .ffhq import crop_quad, ffhq_quad, landmarks_in_box
 MAX_PHOTO_PIXELS = 80_000_000  # refused from the header: a photo over this is not decoded at all
 MAX_PHOTO_BYTES = 256 * 1024 * 1024
 DETECT_MAX_SIDE = 4096  # a longer side is detected on a reduced copy (landmarks on the full photo)
+UPSAMPLED_MAX_SIDE = 8192  # upsampling for detection stops before the doubled copy's side passes this
 CROP_OVERSAMPLE = 4  # the quad is sampled at 4x the LR size, then brought down with pulse_ray's downscaler
 DEFAULT_DETECTOR = "hog"
 DEFAULT_UPSAMPLE = 2  # see benchmarks/RESULTS.md ("Face detection on photos")
@@ -44,6 +45,7 @@ FACE_FIELDS = [
     pa.field("photo_width", pa.int32()),
     pa.field("photo_height", pa.int32()),
     pa.field("detect_reduction", pa.int32()),  # the photo was detected on a copy this many times smaller
+    pa.field("detect_upsample", pa.int32()),  # times that copy was doubled for detection (null: user geometry)
 ]
 FAILED_FIELDS = [
     pa.field("photo_id", pa.string()),
@@ -64,13 +66,18 @@ def open_photo(data: bytes, where: str, max_pixels: int = MAX_PHOTO_PIXELS) -> I
     return Image.fromarray(arr, "RGB")
 
 
-def detect_in_photo(img: Image.Image, detector: str, upsample: int) -> tuple[list, int]:
-    """Faces of a photo as ``(box in photo pixels, score)``; a photo whose longer side is over
-    ``DETECT_MAX_SIDE`` is detected on a copy reduced by a whole factor (returned second)."""
+def detect_in_photo(img: Image.Image, detector: str, upsample: int) -> tuple[list, int, int]:
+    """Faces of a photo as ``(box in photo pixels, score)``, the reduction and the upsampling used.
+
+    A photo whose longer side is over ``DETECT_MAX_SIDE`` is detected on a copy reduced by a whole
+    factor; upsampling is cut where the doubled copy would pass ``UPSAMPLED_MAX_SIDE`` (time, memory).
+    """
     reduction = max(1, -(-max(img.size) // DETECT_MAX_SIDE))
     small = img.reduce(reduction) if reduction > 1 else img
+    while upsample > 0 and max(small.size) << upsample > UPSAMPLED_MAX_SIDE:
+        upsample -= 1
     found = find_faces(np.asarray(small), detector, upsample)
-    return [(tuple(v * reduction for v in box), score) for box, score in found], reduction
+    return [(tuple(v * reduction for v in box), score) for box, score in found], reduction, upsample
 
 
 def user_faces(row: dict) -> list[tuple[str, np.ndarray]] | None:
@@ -123,12 +130,12 @@ def align_photo(img: Image.Image, *, lr_size: int, scale: float, detector: str =
     """
     rgb = np.asarray(img)
     w, h = img.size
-    reduction = 1
+    reduction, used = 1, None
     if geometry is None:
-        found, reduction = detect_in_photo(img, detector, upsample)
+        found, reduction, used = detect_in_photo(img, detector, upsample)
         faces = [("detected", box, score) for box, score in found]
         if not faces:
-            raise images.BadInput(f"no face found ({detector} detector, upsampled {upsample}x, on {w}x{h}"
+            raise images.BadInput(f"no face found ({detector} detector, photo doubled {used} time(s), on {w}x{h}"
                                   + (f" reduced {reduction}x" if reduction > 1 else "") + ")")
     else:
         faces = [(kind, g, None) for kind, g in geometry]
@@ -143,7 +150,7 @@ def align_photo(img: Image.Image, *, lr_size: int, scale: float, detector: str =
         out.append(dict(
             image=lr_face(img, quad, lr_size), quad=quad.reshape(-1).tolist(), landmarks=lm.reshape(-1).tolist(),
             score=score, geometry=kind, align_scale=float(scale), photo_width=w, photo_height=h,
-            detect_reduction=reduction,
+            detect_reduction=reduction, detect_upsample=used,
         ))
     if not out:
         raise images.BadInput(f"all {outside} given face(s) lie outside the {w}x{h} photo "
