@@ -53,9 +53,9 @@ def feather_mask(a: np.ndarray, b: np.ndarray, feather: float = FEATHER) -> np.n
 
 
 def paste_face(canvas: np.ndarray, sr: np.ndarray, quad: np.ndarray, scale: int, feather: float = FEATHER) -> None:
-    """Blend the SR face ``sr`` ([r, r, 3] uint8) into ``canvas`` (the photo enlarged by ``scale``, float32,
-    changed in place) where the face's ``quad`` (photo pixels, as :func:`~pulse_ray.photos.ffhq.crop_quad`
-    samples it) lands."""
+    """Blend the SR face ``sr`` ([r, r, 3] uint8) into ``canvas`` (the photo enlarged by ``scale``, uint8,
+    changed in place, only around the face) where the face's ``quad`` (photo pixels, as
+    :func:`~pulse_ray.photos.ffhq.crop_quad` samples it) lands."""
     quad = np.asarray(quad, dtype=np.float64).reshape(4, 2)
     big = (quad + 0.5) * scale - 0.5  # photo pixel index -> enlarged pixel index
     h, w = canvas.shape[:2]
@@ -80,15 +80,15 @@ def paste_face(canvas: np.ndarray, sr: np.ndarray, quad: np.ndarray, scale: int,
     map_y = (b * r - 0.5).astype(np.float32)
     face = cv2.remap(sr.astype(np.float32), map_x, map_y, cv2.INTER_CUBIC, borderMode=cv2.BORDER_REPLICATE)
     m = feather_mask(a, b, feather)[..., None].astype(np.float32)
-    region = canvas[y0:y1, x0:x1]
+    region = canvas[y0:y1, x0:x1].astype(np.float32)
     region += m * (face - region)
+    canvas[y0:y1, x0:x1] = np.clip(region + 0.5, 0, 255).astype(np.uint8)
 
 
 def enlarge(img: Image.Image, scale: int) -> np.ndarray:
-    """The photo enlarged by ``scale`` with Lanczos, as float32 ``[H*S, W*S, 3]``."""
-    if scale == 1:
-        return np.asarray(img, dtype=np.float32).copy()
-    return np.asarray(img.resize((img.width * scale, img.height * scale), Image.Resampling.LANCZOS), dtype=np.float32)
+    """The photo enlarged by ``scale`` with Lanczos, as a writable uint8 ``[H*S, W*S, 3]`` array."""
+    big = img if scale == 1 else img.resize((img.width * scale, img.height * scale), Image.Resampling.LANCZOS)
+    return np.array(big, dtype=np.uint8)
 
 
 def restore_photo(img: Image.Image, faces: list[tuple[np.ndarray, np.ndarray]], scale: int) -> Image.Image:
@@ -96,7 +96,7 @@ def restore_photo(img: Image.Image, faces: list[tuple[np.ndarray, np.ndarray]], 
     canvas = enlarge(img, scale)
     for sr, quad in faces:
         paste_face(canvas, sr, quad, scale)
-    return Image.fromarray(np.clip(canvas + 0.5, 0, 255).astype(np.uint8), "RGB")
+    return Image.fromarray(canvas, "RGB")
 
 
 # ----------------------------------------------------------------------------- the command
