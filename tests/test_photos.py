@@ -403,3 +403,27 @@ def test_paste_back_of_a_job_without_photo_rows_says_so(tmp_path):
                 storage.join(out, "metadata", "part-1.parquet"))
     with pytest.raises(ValueError, match="make-manifest --align ffhq"):
         paste_back(out, 2)
+
+
+def test_photo_sources_folder_single_photo_and_table(tmp_path):
+    import pyarrow.parquet as pq
+
+    from pulse_ray.photos.align import _photo_rows, _table_rows
+
+    (tmp_path / "f" / "sub").mkdir(parents=True)
+    for name in ("a.jpg", "a.png", "sub/b.png"):
+        (tmp_path / "f" / name).write_bytes(_png(np.zeros((8, 8, 3), np.uint8)))
+    rows, files = _photo_rows(str(tmp_path / "f"))
+    assert files is None and sorted(r["photo_id"] for r in rows) == ["a.jpg", "a.png", "sub/b"]
+    assert _photo_rows(str(tmp_path / "f" / "sub" / "b.png"))[0] == [{"photo_id": "b", "uri": str(tmp_path / "f" / "sub" / "b.png")}]
+    table = tmp_path / "t.parquet"
+    pq.write_table(pa.table({"id": ["x"], "image": [b"..."], "landmarks": [[[1.0, 2.0]] * 5], "note": ["n"]}), table)
+    rows, files = _photo_rows(str(table))
+    assert rows is None and files == [str(table)]
+    (r,) = _table_rows(files)
+    assert r == {"photo_id": "x", "image": b"...", "landmarks": [[1.0, 2.0]] * 5, "source_table": str(table)}
+    pq.write_table(pa.table({"name": ["x"]}), tmp_path / "bad.parquet")
+    with pytest.raises(ValueError, match="needs 'id' and 'uri' and/or 'image'"):
+        _table_rows([str(tmp_path / "bad.parquet")])
+    with pytest.raises(FileNotFoundError, match="no photos"):
+        _photo_rows(str(tmp_path / "nothing-here"))
