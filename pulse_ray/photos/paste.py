@@ -170,7 +170,7 @@ def _photo_bytes(source_uri: str | None, source_table: str | None, photo_id: str
     return t.column("image")[where[photo_id]].as_py()
 
 
-def paste_back(out: str, scale: int, *, overwrite: bool = False, progress=None) -> PasteResult:
+def paste_back(out: str, scale: int, *, overwrite: bool = False) -> PasteResult:
     """Write a restored photo for every source photo of the job in ``out`` (see the module doc).
 
     Resumes: a photo already restored at ``scale`` from the same ok faces is skipped unless ``overwrite``.
@@ -206,7 +206,10 @@ def paste_back(out: str, scale: int, *, overwrite: bool = False, progress=None) 
             jpeg = (p["source_uri"] or "").lower().endswith((".jpg", ".jpeg"))
             target = storage.join(out, RESTORED_DIR, images.safe_relpath(pid) + (".jpg" if jpeg else ".png"))
             buf = io.BytesIO()
-            restored.save(buf, format="JPEG", quality=95) if jpeg else restored.save(buf, format="PNG")
+            if jpeg:
+                restored.save(buf, format="JPEG", quality=95)
+            else:
+                restored.save(buf, format="PNG")
             storage.write_bytes(target, buf.getvalue())
             row.update(status="ok", restored_uri=target, width=restored.width, height=restored.height)
             res.written += 1
@@ -217,8 +220,6 @@ def paste_back(out: str, scale: int, *, overwrite: bool = False, progress=None) 
             res.failed.append((pid, str(exc)))
         row.update(seconds=time.perf_counter() - t0, finished_at=datetime.now(timezone.utc))
         rows.append(row)
-        if progress:
-            progress(len(rows), len(photos) - res.skipped)
         if len(rows) >= 64:  # a part every 64 photos: an interrupted run keeps what it did
             _write_part(out, rows)
             rows = []
