@@ -177,6 +177,7 @@ def make_manifest(
     detector: Annotated[str, typer.Option(help="With --align ffhq: face detector, hog, cnn or haar.")] = DEFAULT_DETECTOR,
     upsample: Annotated[int, typer.Option(help="With --align ffhq: times the photo is doubled for detection (small faces).")] = DEFAULT_UPSAMPLE,
     num_cpus: Annotated[Optional[int], typer.Option(help="With --align ffhq: CPUs of the embedded Ray (default: all).")] = None,
+    address: Annotated[Optional[str], typer.Option(help="With --align ffhq: align on this Ray cluster ('auto', ray://...) instead of an embedded Ray.")] = None,
     s3_endpoint_url: Annotated[Optional[str], typer.Option(help="S3-compatible endpoint.")] = None,
 ):
     """Images -> manifest (id, uri); with --align haar (id, image, source_uri); with --align ffhq one
@@ -187,7 +188,8 @@ def make_manifest(
         from pulse_ray.photos.align import align_photos
 
         res = _run_tool(s3_endpoint_url, align_photos, src, output, lr_size=lr_size or 16, scale=align_scale,
-                        generator=generator, detector=detector, upsample=upsample, num_cpus=num_cpus)
+                        generator=generator, detector=detector, upsample=upsample, num_cpus=num_cpus,
+                        address=address)
         _report(f"wrote {output}: {res.written} faces", res.skipped)
         return
     from pulse_ray.job.tools import make_manifest as run

@@ -29,6 +29,7 @@ UPSAMPLED_MAX_SIDE = 8192  # upsampling for detection stops before the doubled c
 CROP_OVERSAMPLE = 4  # the quad is sampled at 4x the LR size, then brought down with pulse_ray's downscaler
 DEFAULT_DETECTOR = "hog"
 DEFAULT_UPSAMPLE = 2  # see benchmarks/RESULTS.md ("Face detection on photos")
+EMBEDDED_OBJECT_STORE = 512 * 1024**2  # the LR faces are small; photos are read by the actors
 
 FACE_FIELDS = [
     pa.field("id", pa.string()),  # <photo id>#<k>
@@ -260,11 +261,12 @@ def failed_report_uri(manifest: str) -> str:
 
 
 def align_photos(src: str, manifest: str, *, lr_size: int, scale: float | None = None, generator: str | None = None,
-                 detector: str = DEFAULT_DETECTOR, upsample: int = DEFAULT_UPSAMPLE, num_cpus: int | None = None):
+                 detector: str = DEFAULT_DETECTOR, upsample: int = DEFAULT_UPSAMPLE, num_cpus: int | None = None,
+                 address: str | None = None):
     """Photos (folder, ``s3://`` prefix or Parquet photo table) -> face manifest at ``manifest``
     plus ``<manifest>.failed.parquet`` for photos without a usable face. The crop scale is ``scale``,
-    else the one ``generator`` records (see :func:`align_scale_for`). Uses the running Ray (or starts
-    an embedded one with ``num_cpus``). Returns an :class:`AlignResult`."""
+    else the one ``generator`` records (see :func:`align_scale_for`). Uses the running Ray, else joins
+    the cluster at ``address``, else starts an embedded one with ``num_cpus``. Returns an :class:`AlignResult`."""
     import ray
 
     from pulse_ray.io.manifest import write_table
@@ -282,11 +284,13 @@ def align_photos(src: str, manifest: str, *, lr_size: int, scale: float | None =
     if rows is None:
         rows = _table_rows(files)
     started = not ray.is_initialized()
-    if started:
+    if started and address:
+        ray.init(address=address, logging_level="WARNING")
+    elif started:
         from pulse_ray.job.submit import worker_runtime_env
 
-        ray.init(num_cpus=num_cpus, include_dashboard=False, logging_level="WARNING",
-                 runtime_env=worker_runtime_env())
+        ray.init(num_cpus=num_cpus, object_store_memory=EMBEDDED_OBJECT_STORE, include_dashboard=False,
+                 logging_level="WARNING", runtime_env=worker_runtime_env())
     ray.data.DataContext.get_current().enable_progress_bars = False
     try:
         cpus = max(1, int(ray.cluster_resources().get("CPU", 1)))
