@@ -51,9 +51,9 @@ def _run_tool(s3_endpoint_url, fn, *args, **kwargs):
         raise typer.Exit(1)
 
 
-def _report(done: str, skipped: list) -> None:
-    """One line of what was written, then up to 20 skipped inputs with their reasons."""
-    typer.echo(done + (f"; skipped {len(skipped)}" if skipped else ""))
+def _report(done: str, skipped: list, err: bool = False) -> None:
+    """One line of what was written (on stderr with ``err``), then up to 20 skipped inputs with their reasons."""
+    typer.echo(done + (f"; skipped {len(skipped)}" if skipped else ""), err=err)
     for uri, why in skipped[:20]:
         typer.echo(f"  skipped {uri}: {why}", err=True)
     if len(skipped) > 20:
@@ -63,13 +63,15 @@ def _report(done: str, skipped: list) -> None:
 PHOTOS_SCALE_HELP = "How many times the photos are enlarged (Lanczos) before the SR faces go in."
 
 
-def _paste_back(output: str, photos_scale: int, overwrite: bool, s3_endpoint_url: str | None) -> None:
-    """``paste-back`` (also ``submit --paste-back``): restore the photos of the job in ``output``."""
+def _paste_back(output: str, photos_scale: int, overwrite: bool, s3_endpoint_url: str | None,
+                err: bool = False) -> None:
+    """``paste-back`` (also ``submit --paste-back``): restore the photos of the job in ``output``;
+    the report on stderr with ``err`` (after ``submit --json``, whose stdout is the JSON)."""
     from pulse_ray.photos.paste import paste_back as run
 
     res = _run_tool(s3_endpoint_url, run, output, photos_scale, overwrite=overwrite)
     _report(f"restored {res.written} photo(s) into {output}/restored"
-            + (f"; {res.skipped} already restored" if res.skipped else ""), res.failed)
+            + (f"; {res.skipped} already restored" if res.skipped else ""), res.failed, err)
 
 
 def _options(opts: dict) -> JobOptions:
@@ -118,7 +120,7 @@ def submit(
     else:
         typer.echo(format_summary(summary))
     if then_paste_back and not options.dry_run:
-        _paste_back(output, photos_scale, options.overwrite, options.s3_endpoint_url)
+        _paste_back(output, photos_scale, options.overwrite, options.s3_endpoint_url, err=json_summary)
 
 
 # ----------------------------------------------------------------------------- status
