@@ -126,6 +126,11 @@ def test_packed_faces_round_trip(tmp_path):
     assert back.shape == faces.shape and back.dtype == np.uint8
     assert np.abs(back.astype(int) - faces).mean() < 3  # JPEG q92: about 1.5 levels in 255 on faces
     assert (back[3] == back[3][..., :1]).all()  # and comes back grey
+    assert pack.main(["pack-faces", str(tmp_path / "faces64.npz"), str(tmp_path / "webp.parquet"), "--format", "WEBP",
+                      "--quality", "85"]) == 0
+    assert pack.main(["unpack-faces", str(tmp_path / "webp.parquet"), str(tmp_path / "webp.npz")]) == 0
+    webp = np.load(tmp_path / "webp.npz")
+    assert webp["race"].tolist() == race.tolist() and np.abs(webp["images"].astype(int) - faces).mean() < 6
 
 
 def test_packed_state_round_trip_resumes(tmp_path):
