@@ -11,10 +11,12 @@ import json
 from typing import List, Optional
 
 import typer
+from typer.core import TyperCommand
 from typing_extensions import Annotated
 
 from pulse_ray.cli_options import field_subset, with_options
 from pulse_ray.job.options import JobOptions, job_fields
+from pulse_ray.photos.align import DEFAULT_DETECTOR, DEFAULT_UPSAMPLE
 from pulse_ray.search.options import OptionError, SearchOptions
 from pulse_ray.search.options import cli_fields as search_cli_fields
 
@@ -79,13 +81,27 @@ def _run_tool(s3_endpoint_url, fn, *args, **kwargs):
         raise typer.Exit(1)
 
 
-def _report(done: str, skipped: list) -> None:
-    """One line of what was written, then up to 20 skipped inputs with their reasons."""
-    typer.echo(done + (f"; skipped {len(skipped)}" if skipped else ""))
+def _report(done: str, skipped: list, err: bool = False) -> None:
+    """One line of what was written (on stderr with ``err``), then up to 20 skipped inputs with their reasons."""
+    typer.echo(done + (f"; skipped {len(skipped)}" if skipped else ""), err=err)
     for uri, why in skipped[:20]:
         typer.echo(f"  skipped {uri}: {why}", err=True)
     if len(skipped) > 20:
         typer.echo(f"  ... and {len(skipped) - 20} more", err=True)
+
+
+PHOTOS_SCALE_HELP = "How many times the photos are enlarged (Lanczos) before the SR faces go in."
+
+
+def _paste_back(output: str, photos_scale: int, overwrite: bool, s3_endpoint_url: str | None,
+                err: bool = False) -> None:
+    """``paste-back`` (also ``submit --paste-back``): restore the photos of the job in ``output``;
+    the report on stderr with ``err`` (after ``submit --json``, whose stdout is the JSON)."""
+    from pulse_ray.photos.paste import paste_back as run
+
+    res = _run_tool(s3_endpoint_url, run, output, photos_scale, overwrite=overwrite)
+    _report(f"restored {res.written} photo(s) into {output}/restored"
+            + (f"; {res.skipped} already restored" if res.skipped else ""), res.failed, err)
 
 
 def _options(opts: dict) -> JobOptions:
@@ -106,9 +122,12 @@ def submit(
     output: Annotated[str, typer.Option("--output", "-o", help="Output folder or s3:// prefix.")],
     json_summary: Annotated[bool, typer.Option("--json", help="Print the summary as JSON on stdout.")] = False,
     quiet: Annotated[bool, typer.Option("--quiet", "-q", help="No progress lines.")] = False,
+    then_paste_back: Annotated[bool, typer.Option("--paste-back", help="Then run paste-back on OUT (a manifest from make-manifest --align ffhq).")] = False,
+    photos_scale: Annotated[int, typer.Option(help="With --paste-back: " + PHOTOS_SCALE_HELP)] = 2,
     opts: dict = None,
 ):
-    """Run the batch job: a manifest of LR images in; OUT/sr/<id>.png and OUT/metadata/ out."""
+    """Run the batch job: a manifest of LR images in; OUT/sr/<id>.png and OUT/metadata/ out
+    (with --paste-back also OUT/restored/)."""
     from pulse_ray.job.submit import ManifestError, ResourcesUnavailable, Terminated, UsageError, format_summary
     from pulse_ray.job.submit import submit as run_submit
 
@@ -130,6 +149,8 @@ def submit(
         typer.echo(json.dumps(summary.to_dict(), default=str))
     else:
         typer.echo(format_summary(summary))
+    if then_paste_back and not options.dry_run:
+        _paste_back(output, photos_scale, options.overwrite, options.s3_endpoint_url, err=json_summary)
 
 
 # ----------------------------------------------------------------------------- status
@@ -160,19 +181,42 @@ def status(
 # ----------------------------------------------------------------------------- make-manifest
 
 
-@app.command("make-manifest")
+class _MakeManifestCommand(TyperCommand):
+    """Reads the old boolean ``--align`` (no value) as ``--align haar``, with a deprecation note."""
+
+    def parse_args(self, ctx, args):
+        args = [a for a in args if a != "--no-align"]
+        for i, a in enumerate(args):
+            if a == "--align" and (i + 1 == len(args) or args[i + 1].startswith("-")):
+                typer.echo("note: a bare --align is deprecated: say --align haar (this, a square crop) or "
+                           "--align ffhq (landmark alignment of every face)", err=True)
+                args.insert(i + 1, "haar")
+                break
+        return super().parse_args(ctx, args)
+
+
+@app.command("make-manifest", cls=_MakeManifestCommand)
 def make_manifest(
-    src: Annotated[str, typer.Argument(help="Folder or s3:// prefix of images.")],
+    src: Annotated[str, typer.Argument(help="Folder or s3:// prefix of images; with --align ffhq also a Parquet table of photos (id + uri and/or image, optional landmarks / box).")],
     output: Annotated[str, typer.Option("--output", "-o", help="Manifest to write (.parquet, local or s3://).")],
-    align: Annotated[bool, typer.Option(help="Find the face (OpenCV cascade), crop it square, resize to --lr-size.")] = False,
+    align: Annotated[Optional[str], typer.Option(help="'ffhq': every face of each photo, FFHQ-aligned from dlib's 68 landmarks (needs the align extra); 'haar': the largest face, square crop (OpenCV cascade).")] = None,
     lr_size: Annotated[Optional[int], typer.Option(help="With --align: LR side in px (default 16).")] = None,
+    align_scale: Annotated[Optional[float], typer.Option(help="With --align ffhq: crop scale (1.0 = FFHQ framing); default: the one --generator records, else 1.0.")] = None,
+    generator: Annotated[Optional[str], typer.Option(help="With --align ffhq: the generator whose recorded alignment sets the crop scale (default: bundled).")] = None,
+    detector: Annotated[str, typer.Option(help="With --align ffhq: face detector, hog, cnn or haar.")] = DEFAULT_DETECTOR,
+    upsample: Annotated[int, typer.Option(help="With --align ffhq: times the photo is doubled for detection (small faces).")] = DEFAULT_UPSAMPLE,
+    num_cpus: Annotated[Optional[int], typer.Option(help="With --align ffhq: CPUs of the embedded Ray (default: all).")] = None,
+    address: Annotated[Optional[str], typer.Option(help="With --align ffhq: align on this Ray cluster ('auto', ray://...) instead of an embedded Ray.")] = None,
     s3_endpoint_url: Annotated[Optional[str], typer.Option(help="S3-compatible endpoint.")] = None,
 ):
-    """Images -> manifest (id, uri) or, with --align, (id, image, source_uri)."""
+    """Images -> manifest (id, uri); with --align haar (id, image, source_uri); with --align ffhq one
+    row per face (id '<photo>#<k>', image, source_uri, quad, landmarks, score), failures in <manifest>.failed.parquet."""
     from pulse_ray.tools import make_manifest as run
 
-    res = _run_tool(s3_endpoint_url, run, src, output, align=align, lr_size=lr_size)
-    _report(f"wrote {output}: {res.written} rows", res.skipped)
+    ffhq = dict(scale=align_scale, generator=generator, detector=detector, upsample=upsample, num_cpus=num_cpus,
+                address=address) if align == "ffhq" else None
+    res = _run_tool(s3_endpoint_url, run, src, output, align=align, lr_size=lr_size, ffhq=ffhq)
+    _report(f"wrote {output}: {res.written} {'faces' if align == 'ffhq' else 'rows'}", res.skipped)
 
 
 # ----------------------------------------------------------------------------- downscale
@@ -280,6 +324,46 @@ def convert_generator(
         raise typer.Exit(2)
     typer.echo(f"wrote {out}: StyleGAN2 {res['resolution']} px, {res['num_ws']} latent layers, "
                f"from {res['source']} ({res['bytes'] / 1e6:.1f} MB)")
+
+
+# ----------------------------------------------------------------------------- report
+
+
+@app.command("report")
+def report(
+    outputs: Annotated[List[str], typer.Argument(help="The job's output folder or s3:// prefix; two to compare them side by side.")],
+    to: Annotated[Optional[str], typer.Option("--to", help="Folder or s3:// prefix for the report (default: OUT/report).")] = None,
+    open_it: Annotated[bool, typer.Option("--open", help="Open the report in a web browser when it is written.")] = False,
+    s3_endpoint_url: Annotated[Optional[str], typer.Option(help="S3-compatible endpoint.")] = None,
+):
+    """Write a static HTML report of OUT: summary, plots and a gallery of every input (re-run to refresh)."""
+    from pulse_ray.report import build_report
+
+    if len(outputs) > 2:
+        _fail_usage(f"report takes one output, or two to compare (got {len(outputs)})")
+    res = _run_tool(s3_endpoint_url, build_report, outputs, to)
+    typer.echo(f"wrote the report of {res.rows} rows to {res.destination} ({res.thumbs_made} thumbnails made, "
+               f"{res.thumbs_reused} reused, {res.seconds:.1f}s); open {res.index}")
+    if open_it:
+        if res.index.startswith("s3://"):
+            _err("--open: the report is on S3; serve the bucket as a static website to open it")
+        else:
+            import webbrowser
+
+            webbrowser.open(res.index)
+
+# ----------------------------------------------------------------------------- paste-back
+
+
+@app.command("paste-back")
+def paste_back(
+    output: Annotated[str, typer.Argument(help="The job's output folder or s3:// prefix (submitted with a manifest from make-manifest --align ffhq).")],
+    photos_scale: Annotated[int, typer.Option(help=PHOTOS_SCALE_HELP)] = 2,
+    overwrite: Annotated[bool, typer.Option(help="Restore photos again even where OUT/restored already has them.")] = False,
+    s3_endpoint_url: Annotated[Optional[str], typer.Option(help="S3-compatible endpoint.")] = None,
+):
+    """SR faces back into their photos: OUT/restored/<photo id>.png|jpg, listed in OUT/restored_metadata/."""
+    _paste_back(output, photos_scale, overwrite, s3_endpoint_url)
 
 
 def main() -> None:  # python -m pulse_ray.cli

@@ -15,7 +15,7 @@ import pyarrow as pa
 from pulse_ray.io import images, storage
 from pulse_ray.io.manifest import write_table
 
-__all__ = ["list_images", "make_manifest", "downscale_images", "ToolResult"]
+__all__ = ["list_images", "make_manifest", "downscale_images", "ToolResult", "ALIGN_RECIPES"]
 
 
 @dataclass
@@ -61,27 +61,40 @@ def _abs_uri(u: str) -> str:
     return os.path.abspath(u)
 
 
-def make_manifest(src: str, manifest: str, *, align: bool = False, lr_size: int | None = None,
-                  store: storage.Storage | None = None, crop_face=None) -> ToolResult:
+ALIGN_RECIPES = ("ffhq", "haar")
+
+
+def make_manifest(src: str, manifest: str, *, align: str | None = None, lr_size: int | None = None,
+                  store: storage.Storage | None = None, crop_face=None, ffhq: dict | None = None):
     """Folder / ``s3://`` prefix of images -> manifest (Parquet).
 
     Without ``align``: columns ``id, uri`` (absolute paths / URIs; nothing is read).
-    With ``align``: each image's face is cropped square and resized to ``lr_size`` px
+    ``align="haar"``: each image's face is cropped square and resized to ``lr_size`` px
     (default 16) by ``crop_face(PIL image, size) -> PIL image | None`` (default: the largest
     face by OpenCV's cascade, :func:`pulse_ray.io.align.align_face`); columns ``id, image``
     (PNG bytes) and ``source_uri``. Images without a face are skipped and reported.
+    ``align="ffhq"``: every face of every photo, FFHQ-aligned by
+    :func:`pulse_ray.photos.align.align_photos` (``ffhq``: its keyword options); one row per face.
     """
+    if align not in (None, *ALIGN_RECIPES):
+        raise ValueError(f"--align must be one of {', '.join(ALIGN_RECIPES)} (got {align!r})")
     if lr_size is not None and not align:
         raise ValueError("--lr-size only applies with --align")
     if lr_size is not None and lr_size < 1:
         raise ValueError(f"--lr-size must be >= 1 (got {lr_size})")
+    if ffhq and align != "ffhq":
+        raise ValueError(f"{', '.join(sorted(ffhq))}: only with --align ffhq")
     store = store or storage.Storage()
+    if align == "ffhq":
+        from pulse_ray.photos.align import align_photos
+
+        return align_photos(src, manifest, lr_size=lr_size or 16, store=store, **(ffhq or {}))
     found = list_images(src, store)
     if not found:
         raise FileNotFoundError(f"no images ({', '.join(images.IMAGE_SUFFIXES)}) under {src}")
     ids = _ids_for([r for _, r in found])
     res = ToolResult(output=str(manifest))
-    if align:
+    if align == "haar":
         if crop_face is None:
             from pulse_ray.io.align import align_face as crop_face
         table = _aligned_table(found, ids, lr_size or 16, crop_face, store, res)

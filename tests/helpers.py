@@ -5,7 +5,8 @@ from pathlib import Path
 import torch
 
 REPO = Path(__file__).resolve().parent.parent
-FIXTURES = REPO.parent / "shared" / "fixtures"
+SHARED = REPO.parent / "shared"
+FIXTURES = SHARED / "fixtures"
 
 
 def load_reference() -> dict:

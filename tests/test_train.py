@@ -115,15 +115,22 @@ def test_packed_faces_round_trip(tmp_path):
     yy, xx = np.mgrid[0:64, 0:64]
     faces = np.stack([np.stack([(xx * 4 + k) % 256, (yy * 4) % 256, np.full_like(xx, 40 * k)], -1)
                       for k in range(3)] + [np.repeat(((xx + yy) * 2 % 256)[..., None], 3, -1)]).astype(np.uint8)
-    np.savez(tmp_path / "faces64.npz", images=faces)
+    race = np.array(["white", "black", "asian", "None"])
+    np.savez(tmp_path / "faces64.npz", images=faces, race=race)
     assert pack.main(["pack-faces", str(tmp_path / "faces64.npz"), str(tmp_path / "packed.parquet")]) == 0
     stored = [Image.open(io.BytesIO(b)).mode for b in pq.read_table(tmp_path / "packed.parquet").column("image").to_pylist()]
     assert stored == ["RGB", "RGB", "RGB", "L"]  # a grey face travels as one channel
     assert pack.main(["unpack-faces", str(tmp_path / "packed.parquet"), str(tmp_path / "back.npz")]) == 0
-    back = np.load(tmp_path / "back.npz")["images"]
+    back, race_back = np.load(tmp_path / "back.npz")["images"], np.load(tmp_path / "back.npz")["race"]
+    assert race_back.tolist() == race.tolist()  # labels travel for group-balanced sampling
     assert back.shape == faces.shape and back.dtype == np.uint8
     assert np.abs(back.astype(int) - faces).mean() < 3  # JPEG q92: about 1.5 levels in 255 on faces
     assert (back[3] == back[3][..., :1]).all()  # and comes back grey
+    assert pack.main(["pack-faces", str(tmp_path / "faces64.npz"), str(tmp_path / "webp.parquet"), "--format", "WEBP",
+                      "--quality", "85"]) == 0
+    assert pack.main(["unpack-faces", str(tmp_path / "webp.parquet"), str(tmp_path / "webp.npz")]) == 0
+    webp = np.load(tmp_path / "webp.npz")
+    assert webp["race"].tolist() == race.tolist() and np.abs(webp["images"].astype(int) - faces).mean() < 6
 
 
 def test_packed_state_round_trip_resumes(tmp_path):
@@ -158,3 +165,28 @@ def test_held_out_faces_skip_gives_a_separate_validation_set():
     assert later_ids == ids[3:] and np.array_equal(later_faces, faces[3:])
     with pytest.raises(ValueError, match="held-out faces, 100000 skipped and 2 asked for"):
         held_out_faces(str(FACES), 32, 2, skip=100_000)
+
+
+def test_group_weights_draw_every_group_equally_often():
+    groups = np.array(["white"] * 6 + ["black"] * 3 + ["asian"])
+    w = loop.group_weights(groups)
+    share = {g: float(w[groups == g].sum() / w.sum()) for g in ("white", "black", "asian")}
+    assert share == pytest.approx({"white": 1 / 3, "black": 1 / 3, "asian": 1 / 3})
+    idx = torch.multinomial(w, 30_000, replacement=True, generator=torch.Generator().manual_seed(0))
+    drawn = np.bincount(np.unique(groups, return_inverse=True)[1][idx.numpy()]) / 30_000
+    assert np.allclose(drawn, 1 / 3, atol=0.02)
+
+
+def test_ffhq_framing_colour_only_and_labels_from_several_sources(tmp_path):
+    from pulse_ray.train.data import Framing, is_grey
+
+    from .helpers import SHARED
+
+    sources = f"{SHARED / 'data' / 'utkface.parquet'},{SHARED / 'data' / 'faces.parquet'}"
+    prep = prepare_faces(sources, 32, held_out_share=0.05, limit=40, framing=Framing("ffhq", 0.6, "colour"))
+    assert len(prep.ids) >= 30 and prep.images.shape[1:] == (32, 32, 3)
+    assert not any(is_grey(Image.fromarray(img)) for img in prep.images)
+    assert set(prep.labels["race"]) <= {"white", "black", "asian", "indian", "other"}
+    assert len(prep.labels["age"]) == len(prep.ids)
+    again = prepare_faces(sources, 32, held_out_share=0.05, limit=40, framing=Framing("ffhq", 0.6, "colour"))
+    assert np.array_equal(prep.images, again.images)  # deterministic crops

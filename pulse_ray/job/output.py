@@ -5,6 +5,7 @@
     OUT/metadata/part-<hash>.parquet     one metadata part per written batch (atomic)
     OUT/restarts/part-<hash>.parquet     one row per restart (``--save-restarts``)
     OUT/runs/<UTC time>.json             one record per run: options, generator, versions, counts, timings
+    OUT/report/index.html                ``pulse-ray report OUT`` (:mod:`pulse_ray.report`), when written
     OUT/quarantine/<dir>/<UTC>-<part>    unreadable metadata / restarts parts, set aside by ``submit``
 
 :class:`Output` knows these paths, which ids are done, compaction (see
@@ -30,11 +31,12 @@ from pulse_ray.io.manifest import write_table
 
 from . import metadata as md
 
-__all__ = ["Output", "FlatOutput", "RUNS_DIR", "QUARANTINE_DIR", "is_restart_name"]
+__all__ = ["Output", "FlatOutput", "RUNS_DIR", "REPORT_DIR", "QUARANTINE_DIR", "is_restart_name"]
 
 log = logging.getLogger("pulse_ray.job")
 
 RUNS_DIR = "runs"
+REPORT_DIR = "report"
 QUARANTINE_DIR = "quarantine"
 
 # OUT/sr/<id>/r<k>.png holds restart k of id <id> (--save-restarts): an id ending in
@@ -168,14 +170,25 @@ class Output:
 
     def last_run_record(self) -> dict | None:
         """The newest run record (None when there is none or it is unreadable)."""
+        last = self.last_run()
+        return last[1] if last else None
+
+    def last_run(self) -> tuple[str, dict] | None:
+        """``(uri, record)`` of the newest run record (None when there is none or it is unreadable)."""
         uris = self.store.list_uris(storage.join(self.uri, RUNS_DIR), suffix=".json")
         if not uris:
             return None
         try:
-            return json.loads(self.store.read_bytes(uris[-1]).decode("utf-8"))
+            record = json.loads(self.store.read_bytes(uris[-1]).decode("utf-8"))
         except (ValueError, OSError) as exc:
             log.warning("unreadable run record %s: %s", uris[-1], exc)
             return None
+        return (uris[-1], record) if isinstance(record, dict) else None
+
+    def report_index(self) -> str | None:
+        """``OUT/report/index.html`` when ``pulse-ray report OUT`` has written one."""
+        index = storage.join(self.uri, REPORT_DIR, "index.html")
+        return index if self.store.exists(index) else None
 
 
 @dataclass(frozen=True)

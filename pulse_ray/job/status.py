@@ -15,7 +15,7 @@ __all__ = ["job_status", "format_status"]
 
 
 def job_status(out: str, store: storage.Storage | None = None) -> dict:
-    """Summary of ``OUT/metadata`` (deduplicated: one row per id) and OUT's last run record.
+    """Summary of ``OUT/metadata`` (deduplicated: one row per id), OUT's last run record and its report.
     ``FileNotFoundError`` when OUT does not exist, :class:`~pulse_ray.job.options.UsageError` when it
     cannot be one."""
     o = Output(str(out), store or storage.Storage())
@@ -62,6 +62,7 @@ def job_status(out: str, store: storage.Storage | None = None) -> dict:
         "first_finished": min(fin).isoformat() if fin else None,
         "last_finished": max(fin).isoformat() if fin else None,
         "last_run": o.last_run_record(),
+        "report": o.report_index(),
         "corrupt_parts": [{"part": u, "reason": why} for u, why in corrupt],
     }
 
@@ -91,6 +92,8 @@ def format_status(s: dict) -> str:
         f"  generator  {', '.join(s['generators']) or '-'}",
         f"  finished   {s['first_finished'] or '-'} .. {s['last_finished'] or '-'}",
     ]
+    if s.get("report"):
+        lines.append(f"  report     {s['report']}")
     if s["errors"]:
         lines.append("  errors")
         for k, v in s["errors"].items():

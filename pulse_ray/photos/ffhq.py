@@ -90,7 +90,8 @@ def crop_quad(img: Image.Image, quad: np.ndarray, size: int) -> Image.Image:
     return out.resize((size, size), Image.Resampling.LANCZOS)
 
 
-def _models_dir() -> str:
+def models_dir() -> str:
+    """The ``models/`` folder of the face_recognition_models package (dlib's landmark and detector models)."""
     spec = importlib.util.find_spec("face_recognition_models")  # not imported: its __init__ needs pkg_resources
     if spec is None or not spec.submodule_search_locations:
         raise RuntimeError(ALIGN_EXTRA_HINT)
@@ -104,7 +105,7 @@ def landmark_model(points: int = 68):
         import dlib
     except ImportError as e:
         raise RuntimeError(ALIGN_EXTRA_HINT) from e
-    path = os.path.join(_models_dir(), f"shape_predictor_{points}_face_landmarks.dat")
+    path = os.path.join(models_dir(), f"shape_predictor_{points}_face_landmarks.dat")
     if not os.path.exists(path):
         raise RuntimeError(f"{path} is missing; {ALIGN_EXTRA_HINT}")
     return dlib.shape_predictor(path)

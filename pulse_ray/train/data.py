@@ -187,28 +187,32 @@ def held_out_faces(source: str, size: int, n: int, held_out_share: float = 0.03,
 
 def held_out_by_group(source: str, size: int, per_group: int, group: str = "race", held_out_share: float = 0.03,
                       framing: Framing = Framing(), skip: int = 0) -> tuple[list[str], np.ndarray, dict]:
-    """Up to ``per_group`` held-out faces of every value of label ``group`` (after the first ``skip`` of each).
+    """``per_group`` held-out faces of every value of label ``group``, spread evenly over each group's
+    rows in source order (so over ages, where the source is sorted by age); ``skip`` shifts the picks.
 
-    Returns ids, ``[n, size, size, 3]`` uint8 images and their labels (name -> list), in source order.
+    Returns ids, ``[n, size, size, 3]`` uint8 images and their labels (name -> list).
     """
-    ids, images, seen = [], [], {}
-    labels = {k: [] for k in LABELS}
+    by_group: dict = {}
     for row in _iter_sources(source):
         key = row.get(group)
-        if key is None or seen.get(key, 0) >= per_group + skip:
-            continue
-        if not is_held_out(row["person"] or row["id"], held_out_share):
-            continue
-        face = decode_face(row["image"], size, framing)
-        if face is None:
-            continue
-        seen[key] = seen.get(key, 0) + 1
-        if seen[key] <= skip:
-            continue
-        ids.append(row["id"])
-        images.append(face)
-        for k in LABELS:
-            labels[k].append(row.get(k))
+        if key is not None and is_held_out(row["person"] or row["id"], held_out_share):
+            by_group.setdefault(key, []).append(row)
+    ids, images = [], []
+    labels = {k: [] for k in LABELS}
+    for key in sorted(by_group):
+        rows = by_group[key]
+        stride = max(1, len(rows) // per_group)
+        order = [(k * stride + skip + j) % len(rows) for k in range(per_group) for j in range(stride)]
+        for k in range(per_group):  # the k-th pick, or the next usable row after it
+            for j in range(stride):
+                row = rows[order[k * stride + j]]
+                face = decode_face(row["image"], size, framing)
+                if face is not None:
+                    ids.append(row["id"])
+                    images.append(face)
+                    for name in LABELS:
+                        labels[name].append(row.get(name))
+                    break
     if not ids:
         raise ValueError(f"{source}: no held-out faces with a {group!r} label")
     return ids, np.stack(images), labels

@@ -16,6 +16,7 @@ cd "$REPO"
 OUT="${OUT:-$REPO/gpu_out}"
 RUN="${RUN:-$REPO/runs/gpu}"
 PACKED="${PACKED:-$REPO/.device/faces64.parquet}"
+FACES="${FACES:-faces64.npz}"  # the cache name the config's framing reads (faces64_ffhq0.6.npz for colour64.json)
 CONFIG="${CONFIG:-$REPO/scripts/training/gpu_schedule.json}"
 MINUTES="${MINUTES:-7}"
 PY="${PYTHON:-python3}"
@@ -27,7 +28,7 @@ LOG="$OUT/gpu_train.log"
   command -v nvidia-smi >/dev/null && nvidia-smi --query-gpu=name,memory.total --format=csv,noheader || true
   "$PY" -c 'import torch; print("torch", torch.__version__, "cuda", torch.cuda.is_available())'
 } 2>&1 | tee "$LOG"
-[ -f "$RUN/faces64.npz" ] || "$PY" scripts/training/pack_for_device.py unpack-faces "$PACKED" "$RUN/faces64.npz" 2>&1 | tee -a "$LOG"
+[ -f "$RUN/$FACES" ] || "$PY" scripts/training/pack_for_device.py unpack-faces "$PACKED" "$RUN/$FACES" 2>&1 | tee -a "$LOG"
 RESUME=()
 if [ -n "${RESUME_FROM:-}" ]; then
   case "$RESUME_FROM" in

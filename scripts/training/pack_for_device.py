@@ -28,17 +28,21 @@ import torch
 from PIL import Image
 
 
-def pack_faces(npz_path: str, parquet_path: str, quality: int = 92) -> int:
-    images = np.load(npz_path)["images"]
+def pack_faces(npz_path: str, parquet_path: str, quality: int = 92, fmt: str = "JPEG") -> int:
+    """The cached faces as JPEG, with the cache's per-face label arrays (ids, race, ...) as columns."""
+    cache = np.load(npz_path, allow_pickle=False)
+    images = cache["images"]
+    labels = {k: cache[k] for k in cache.files if k != "images" and cache[k].shape == (len(images),)}
     encoded = []
     for img in images:
         im = Image.fromarray(img)
         if (img == img[..., :1]).all():  # grey: one channel carries it all
             im = im.convert("L")
         buf = io.BytesIO()
-        im.save(buf, format="JPEG", quality=quality)
+        im.save(buf, format=fmt, quality=quality)
         encoded.append(buf.getvalue())
-    table = pa.table({"index": pa.array(range(len(encoded)), pa.int32()), "image": pa.array(encoded, pa.binary())})
+    table = pa.table({"index": pa.array(range(len(encoded)), pa.int32()), "image": pa.array(encoded, pa.binary()),
+                      **{k: pa.array(v.tolist()) for k, v in labels.items()}})
     pq.write_table(table, parquet_path, compression="none")  # JPEG does not compress further
     return len(encoded)
 
@@ -46,7 +50,8 @@ def pack_faces(npz_path: str, parquet_path: str, quality: int = 92) -> int:
 def unpack_faces(parquet_path: str, npz_path: str) -> int:
     table = pq.read_table(parquet_path).sort_by("index")
     images = np.stack([np.asarray(Image.open(io.BytesIO(b)).convert("RGB")) for b in table.column("image").to_pylist()])
-    np.savez(npz_path, images=images)
+    labels = {k: np.array(table.column(k).to_pylist()) for k in table.column_names if k not in ("index", "image")}
+    np.savez(npz_path, images=images, **labels)
     return len(images)
 
 
@@ -84,8 +89,13 @@ def main(argv=None) -> int:
     p.add_argument("action", choices=sorted(ACTIONS))
     p.add_argument("source")
     p.add_argument("dest")
+    p.add_argument("--quality", type=int, default=92, help="pack-faces: JPEG or WebP quality")
+    p.add_argument("--format", default="JPEG", choices=("JPEG", "WEBP"),
+                   help="pack-faces: WEBP at quality 85 packs the 21,642 colour faces of colour64.json in 19 MB "
+                        "(JPEG q92: 44 MB), small enough to travel beside the packed state")
     args = p.parse_args(argv)
-    n = ACTIONS[args.action](args.source, args.dest)
+    extra = {"quality": args.quality, "fmt": args.format} if args.action == "pack-faces" else {}
+    n = ACTIONS[args.action](args.source, args.dest, **extra)
     what = "images shown" if args.action.endswith("state") else "faces"
     print(f"{args.action}: {args.source} -> {args.dest} ({n} {what})")
     return 0
