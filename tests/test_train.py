@@ -190,3 +190,17 @@ def test_ffhq_framing_colour_only_and_labels_from_several_sources(tmp_path):
     assert len(prep.labels["age"]) == len(prep.ids)
     again = prepare_faces(sources, 32, held_out_share=0.05, limit=40, framing=Framing("ffhq", 0.6, "colour"))
     assert np.array_equal(prep.images, again.images)  # deterministic crops
+
+
+def test_held_out_faces_by_group_are_balanced_and_spread_over_ages():
+    from pulse_ray.train.data import Framing, held_out_by_group, is_held_out
+
+    from .helpers import SHARED
+
+    ids, faces, labels = held_out_by_group(str(SHARED / "data" / "utkface.parquet"), 32, 3, held_out_share=0.05,
+                                           framing=Framing(colour="colour"))
+    races = labels["race"]
+    assert {r: races.count(r) for r in set(races)} == {r: 3 for r in ("white", "black", "asian", "indian", "other")}
+    assert all(is_held_out(i, 0.05) for i in ids) and faces.shape == (15, 32, 32, 3)
+    white_ages = sorted(int(a) for a, r in zip(labels["age"], races) if r == "white")
+    assert white_ages[-1] - white_ages[0] >= 20  # spread over the group's rows, not its youngest three

@@ -202,10 +202,9 @@ def held_out_by_group(source: str, size: int, per_group: int, group: str = "race
     for key in sorted(by_group):
         rows = by_group[key]
         stride = max(1, len(rows) // per_group)
-        order = [(k * stride + skip + j) % len(rows) for k in range(per_group) for j in range(stride)]
         for k in range(per_group):  # the k-th pick, or the next usable row after it
             for j in range(stride):
-                row = rows[order[k * stride + j]]
+                row = rows[(k * stride + skip + j) % len(rows)]
                 face = decode_face(row["image"], size, framing)
                 if face is not None:
                     ids.append(row["id"])
