@@ -65,11 +65,11 @@ def test_training_runs_grows_and_resumes_exactly(small_faces, tmp_path):
         for k, v in straight[part].items():
             assert torch.allclose(v, resumed[part][k], atol=1e-6), f"{part}.{k} differs after resume"
     # export the 16 px generator and load it back as a PULSE generator
-    out = tmp_path / "g.pt"
+    out = tmp_path / "tiny16.pt"
     assert loop.main(["--run-dir", str(tmp_path / "a"), "--export-only", "--export", str(out),
                       "--export-level", "3", "--data", str(small_faces), "--fit-samples", "20000"]) == 0
     g = pulse_ray.load_generator(out, device="cpu")
-    assert (g.resolution, g.num_layers, g.name) == (16, 6, "faces16")
+    assert (g.resolution, g.num_layers, g.name) == (16, 6, "tiny16")  # named after its file
     assert g.sample(2).shape == (2, 3, 16, 16)
     res = pulse_ray.upsample(pulse_ray.downscale(g.sample(1), 4), g, restarts=1, steps=3)
     assert res[0].image.shape == (3, 16, 16)

@@ -19,6 +19,7 @@ import signal
 import sys
 import time
 from dataclasses import asdict, dataclass, field
+from pathlib import Path
 
 import numpy as np
 import torch
@@ -255,7 +256,7 @@ def export(trainer: Trainer, path: str, level: int | None = None, gaussian_sampl
     head = g.rgb_head(level).state_dict()
     sd.update({f"torgb.{k}": v for k, v in head.items()})
     fit = compute_gaussian_fit(g.mapping, num_samples=gaussian_samples)
-    name = f"faces{resolution}"
+    name = Path(path).stem  # bundled generators are loaded by their file's stem
     meta = {"name": name, "resolution": resolution, "images_shown": trainer.cur_img,
             "config": asdict(trainer.cfg), "trained_with": "pulse-ray train (pulse_ray/train/loop.py)",
             "alignment": {"recipe": trainer.cfg.framing, "scale": trainer.cfg.align_scale}}
