@@ -56,6 +56,11 @@ class SearchOptions:
     early_stop: bool = _opt(True, "A converged search whose kept iterate has not changed for `patience` steps stops.")
     patience: int = _opt(10, "Steps without a change before early_stop ends a converged search.")
     skip_converged_restarts: bool = _opt(False, "Drop an image's remaining restarts once one has converged.")
+    halving: str = _opt("0.4,0.7", "Successive halving of an image's restarts: at these fractions of the steps "
+                        "(','-separated; '' turns it off) the worse half by the kept iterate's rank stops, once "
+                        "some restart of the image is within eps.", cli=True, metavar="FRACTIONS")
+    deterministic: bool = _opt(False, "Bit-exact batch independence: a search left alone in the batch runs as "
+                               "two rows (twice the cost) so that its numbers match any batch it could have run in.")
     precision: str | None = _opt(None, "fp32, tf32 or bf16 (default: tf32 on CUDA, fp32 on CPU).")
     compile: bool = _opt(False, "Run the synthesis network through torch.compile.")
 
@@ -74,6 +79,7 @@ class SearchOptions:
             raise OptionError(f"unknown precision {self.precision!r} (known: {', '.join(PRECISIONS)})")
         if self.batch_size is not None and self.batch_size < 1:
             raise OptionError(f"search batch_size must be >= 1 (got {self.batch_size})")
+        halving_fractions(self.halving)
         if self.patience < 0:
             raise OptionError(f"patience must be >= 0 (got {self.patience})")
 
@@ -96,6 +102,17 @@ class SearchOptions:
     def record(self) -> dict:
         """Plain values, for run records and ledgers."""
         return dataclasses.asdict(self)
+
+
+def halving_fractions(spec: str) -> tuple[float, ...]:
+    """``"0.4,0.7"`` -> ``(0.4, 0.7)``; each strictly between 0 and 1, increasing; ``""`` -> ``()``."""
+    try:
+        fr = tuple(float(x) for x in str(spec).split(",") if x.strip())
+    except ValueError:
+        raise OptionError(f"--halving must be ','-separated fractions such as 0.4,0.7 (got {spec!r})") from None
+    if any(not 0 < f < 1 for f in fr) or list(fr) != sorted(set(fr)):
+        raise OptionError(f"--halving fractions must be increasing and between 0 and 1 (got {spec!r})")
+    return fr
 
 
 def cli_fields() -> list[dataclasses.Field]:
