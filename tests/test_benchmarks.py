@@ -146,3 +146,25 @@ def test_bundled_search_check_writes_its_figures_and_images(tmp_path):
                for r in out["runs"].values())
     saved = torch.load(tmp_path / "sr.pt", weights_only=True)
     assert saved["hr"].shape == saved["factor16_realistic_fp32"].shape == (2, 3, 64, 64)
+
+
+def test_bench_search_gpu_tiny_runs_on_cpu(tmp_path):
+    """The GPU search-step benchmark in its tiny CPU mode: every layout timed eagerly in fp32 and bf16,
+    graph capture reported as CUDA-only, the static step equal to upsample's search, bf16 close to fp32."""
+    out = tmp_path / "gpu.json"
+    cmd = [sys.executable, str(REPO / "benchmarks" / "bench_search_gpu.py"), "--tiny", "--device", "cpu",
+           "--batches", "2", "--steps", "1", "--warmup", "1", "--json", str(out)]
+    env = {**os.environ, "PYTHONPATH": str(REPO), "OMP_NUM_THREADS": "1"}
+    proc = subprocess.run(cmd, capture_output=True, text=True, timeout=600, env=env)
+    assert proc.returncode == 0, proc.stderr[-3000:]
+    res = json.loads(out.read_text())
+    assert set(res["layouts"]) == {"faces64", "v1-1024", "sg2-1024"}
+    for layout in res["layouts"].values():
+        runs = {r["variant"]: r for r in layout["runs"]}
+        assert set(runs) == {"eager-fp32", "eager-bf16-cl", "graph-fp32"}
+        assert runs["eager-fp32"]["image_steps_per_s"] > 0 and runs["eager-bf16-cl"]["image_steps_per_s"] > 0
+        assert 0 < runs["eager-fp32"]["achieved_share_of_fp32_rate"] < 1
+        assert "CUDA" in runs["graph-fp32"]["skipped"]
+        assert layout["flops_per_image_step"] > 0
+        assert layout["upsample_agreement_rel"] < 1e-3  # measured 2e-6 (v1), 2e-5 (StyleGAN2)
+        assert 0 < layout["bf16_first_mse_rel_diff"] < 0.05  # measured about 4e-3
