@@ -90,7 +90,7 @@ def mode_options(mode: str) -> dict:
 # ----------------------------------------------------------------------------- inputs
 
 
-def make_inputs(g, source: str, n: int, factor: int, seed: int = 123):
+def make_inputs(g, source: str, n: int, factor: int, seed: int = 123, held_out_share: float = 0.03, skip: int = 0):
     """HR faces ``[n, 3, R, R]`` in [0, 1], their LR images (PULSE's downscale, rounded to 8 bits, as
     a manifest's PNGs would be) and ids. ``source == "samples"``: the generator's own samples."""
     import torch
@@ -103,7 +103,7 @@ def make_inputs(g, source: str, n: int, factor: int, seed: int = 123):
     else:
         from pulse_ray.train.data import held_out_faces
 
-        ids, arr = held_out_faces(source, g.resolution, n)
+        ids, arr = held_out_faces(source, g.resolution, n, held_out_share=held_out_share, skip=skip)
         hr = torch.from_numpy(arr).permute(0, 3, 1, 2).float() / 255
     lr = (pulse_ray.downscale(hr, factor).clamp(0, 1) * 255).round() / 255
     return hr, lr, ids
@@ -243,6 +243,9 @@ def main(argv=None) -> int:
     ap.add_argument("--repeats", type=int, default=1, help="runs of every mode, alternating; the median is reported")
     ap.add_argument("--source", default=DEFAULT_SOURCE,
                     help="faces Parquet (held-out rows are used), or 'samples' for generator samples")
+    ap.add_argument("--held-out-share", type=float, default=0.03,
+                    help="the training split's held-out share of --source (0.05 for utkface)")
+    ap.add_argument("--skip", type=int, default=0, help="skip the first N held-out faces (a separate validation set)")
     ap.add_argument("--scaling", default="", help="comma-separated job sizes for pulse_ray alone, e.g. 16,64,256")
     ap.add_argument("--scaling-steps", type=int, default=None, help="steps for the scaling runs (default --steps)")
     ap.add_argument("--threads", type=int, default=None, help="torch threads in each mode (default: torch's)")
@@ -271,7 +274,8 @@ def main(argv=None) -> int:
     pulse_ray.check_lr_size(g.resolution // args.factor, g.resolution // args.factor, g.resolution)
     n_total = max([args.images, *scaling])
     t0 = time.perf_counter()
-    hr, lr, ids = make_inputs(g, args.source, n_total, args.factor)
+    hr, lr, ids = make_inputs(g, args.source, n_total, args.factor, held_out_share=args.held_out_share,
+                              skip=args.skip)
     prep_s = time.perf_counter() - t0
     cfg = {"generator": args.generator, "restarts": args.restarts, "steps": args.steps, "eps": args.eps,
            "seed": args.seed, "batch_size": args.batch_size, "threads": args.threads, "device": args.device,
@@ -287,7 +291,7 @@ def main(argv=None) -> int:
                    "num_layers": g.num_layers, "factor": args.factor, "lr_size": g.resolution // args.factor,
                    "images": args.images, "repeats": args.repeats, "restarts": args.restarts, "steps": args.steps, "eps": args.eps,
                    "seed": args.seed, "batch_size": args.batch_size, "patience": args.patience,
-                   "source": args.source},
+                   "source": args.source, "held_out_share": args.held_out_share, "skip": args.skip},
         "machine": {"cpus": os.cpu_count(), "platform": platform.platform(), "python": platform.python_version(),
                     "torch": torch.__version__, "torch_threads": args.threads or torch.get_num_threads(),
                     "device": args.device or ("cuda" if torch.cuda.is_available() else "cpu"),

@@ -16,7 +16,8 @@ graph and replayed. Variants per layout and batch:
 - ``eager-tf32`` (``eager-fp32`` on a CPU): the step as ``pulse_ray.upsample`` computes it;
 - ``eager-bf16-cl``: the synthesis under bf16 autocast (convolutions and matmuls in bf16, the loss,
   the gradients' use and the optimizer in fp32), weights and activations channels-last;
-- ``graph-tf32``, ``graph-bf16-cl``: the same steps captured once and replayed (CUDA only).
+- ``graph-tf32``, ``graph-bf16-cl``: the same steps captured once and replayed (CUDA only);
+- ``--variants``: any of ``eager|graph`` - ``fp32|tf32|bf16`` [``-cl``] (``-cl``: channels-last).
 
 Per run: seconds per step, image-steps/s, the share of the measured matrix rate (bf16 on CUDA, fp32
 on a CPU) achieved with the FLOPs counted per image-step, peak GPU memory. Checks written beside
@@ -152,7 +153,7 @@ def time_variant(g, lr, variant: str, steps: int, warmup: int) -> dict:
 
     dev = g.device
     bf16 = "bf16" in variant
-    precision = "tf32" if dev.type == "cuda" else "fp32"
+    precision = "fp32" if "fp32" in variant or dev.type != "cuda" else "tf32"
     if variant.startswith("graph") and dev.type != "cuda":
         return {"variant": variant, "batch": lr.shape[0], "skipped": "CUDA graphs need a CUDA device"}
     with _cuda_fp32_mode(precision, dev):
@@ -229,6 +230,8 @@ def main(argv=None) -> int:
     ap.add_argument("--warmup", type=int, default=2)
     ap.add_argument("--factor", type=int, default=8)
     ap.add_argument("--fixture", default=None, help="file with the FFHQ-1024 layout (default: device_check's)")
+    ap.add_argument("--variants", default=None, help="comma-separated, e.g. eager-fp32,eager-bf16,eager-fp32-cl "
+                    "(default: eager/graph in TF32 and bf16 channels-last on CUDA; eager fp32 and bf16-cl on a CPU)")
     ap.add_argument("--json", default="bench_search_gpu.json")
     args = ap.parse_args(argv)
 
@@ -239,8 +242,8 @@ def main(argv=None) -> int:
     dev = torch.device(args.device or ("cuda" if torch.cuda.is_available() else "cpu"))
     cuda = dev.type == "cuda"
     steps = args.steps or (2 if args.tiny else 10)
-    variants = ("eager-tf32", "eager-bf16-cl", "graph-tf32", "graph-bf16-cl") if cuda else \
-        ("eager-fp32", "eager-bf16-cl", "graph-fp32")
+    variants = args.variants.split(",") if args.variants else \
+        ("eager-tf32", "eager-bf16-cl", "graph-tf32", "graph-bf16-cl") if cuda else ("eager-fp32", "eager-bf16-cl", "graph-fp32")
     out = {"date": time.strftime("%Y-%m-%d %H:%M:%S %Z"),
            "command": "python benchmarks/bench_search_gpu.py " + " ".join(sys.argv[1:] if argv is None else argv),
            "device": {"type": dev.type, "name": torch.cuda.get_device_name(dev) if cuda else
