@@ -60,8 +60,10 @@ class SearchOptions:
                         "(','-separated; '' turns it off) the worse half by the kept iterate's rank stops, once "
                         "some restart of the image is within eps.", cli=True, metavar="FRACTIONS")
     deterministic: bool = _opt(False, "Bit-exact batch independence: a search left alone in the batch runs as "
-                               "two rows (twice the cost) so that its numbers match any batch it could have run in.")
-    precision: str | None = _opt(None, "fp32, tf32 or bf16 (default: tf32 on CUDA, fp32 on CPU).")
+                               "two rows (twice the cost) so that its numbers match any batch it could have run in.",
+                               cli=True)
+    precision: str | None = _opt(None, "fp32, tf32 (CUDA) or bf16 (generator under bf16 autocast) "
+                                  "(default: tf32 on CUDA, fp32 on CPU).")
     compile: bool = _opt(False, "Run the synthesis network through torch.compile.")
 
     def __post_init__(self):

@@ -29,14 +29,15 @@ GREY_TOLERANCE = 1.5 / 255
 
 
 def resolve_precision(precision: str | None, device: torch.device) -> str:
-    """``None`` -> ``"tf32"`` on CUDA, ``"fp32"`` elsewhere; TF32 and bf16 on a CPU are refused."""
+    """``None`` -> ``"tf32"`` on CUDA, ``"fp32"`` elsewhere; TF32 on a CPU is refused. ``"bf16"`` runs the
+    generator forward under bf16 autocast on either device (the loss and the optimizer stay fp32)."""
     if precision is None:
         return "tf32" if device.type == "cuda" else "fp32"
     if precision not in PRECISIONS:
         raise ValueError(f"unknown precision {precision!r} (known: {', '.join(PRECISIONS)})")
-    if precision != "fp32" and device.type != "cuda":
-        raise ValueError(f"precision={precision!r} needs a CUDA device; the generator is on {device.type}, "
-                         f"where the search always runs in fp32 (use precision='fp32' or None)")
+    if precision == "tf32" and device.type != "cuda":
+        raise ValueError(f"precision='tf32' needs a CUDA device; the generator is on {device.type} "
+                         f"(use precision='fp32', 'bf16' or None)")
     return precision
 
 
@@ -81,7 +82,7 @@ def _synthesis_fn(g: Generator, precision: str, compile: bool):
         return net
 
     def forward(w, noise):
-        with torch.autocast(device_type="cuda", dtype=torch.bfloat16):
+        with torch.autocast(device_type=w.device.type, dtype=torch.bfloat16):
             out = net(w, noise)
         return out.float()
 
@@ -249,11 +250,16 @@ def upsample(lr_batch, generator: Generator | str | None = None, options: Search
     search whose kept iterate has not changed for ``patience`` steps leave the batch (under
     ``"realistic"`` the realism term usually falls to the last step, so it rarely stops a search
     early; ``"closest"`` searches stop soon after they converge); ``skip_converged_restarts`` drops
-    an image's remaining restarts once one has converged.
+    an image's remaining restarts once one has converged. ``halving`` (default ``"0.4,0.7"``) stops
+    the worse half of an image's restarts at those fractions of the steps, once one of them is within
+    eps (a restart that gets there before its siblings is parked and resumed exactly, so the result
+    does not depend on the batch). ``deterministic=True`` runs a search that is alone in the batch as
+    two rows, so that even its rounding matches any batch it could have run in; by default it runs as
+    one row (half the cost; its last bits may differ from a batched run's).
 
     Fast-path knobs: ``precision`` is ``"fp32"``, ``"tf32"`` (TF32 matmuls and convolutions) or
-    ``"bf16"`` (TF32, and the generator forward under bf16 autocast); ``None`` means ``"tf32"`` on
-    CUDA and ``"fp32"`` on the CPU, where ``"tf32"`` and ``"bf16"`` are refused with a ValueError.
+    ``"bf16"`` (the generator forward under bf16 autocast, TF32 elsewhere on CUDA; on a CPU too);
+    ``None`` means ``"tf32"`` on CUDA and ``"fp32"`` on the CPU, where ``"tf32"`` is refused.
     ``compile=True`` runs the synthesis network through ``torch.compile`` (compiled once per
     generator object). Both change rounding, so results then agree with fp32 within tolerance rather
     than bit for bit, and are no longer guaranteed independent of the batch.
