@@ -17,7 +17,9 @@ graph and replayed. Variants per layout and batch:
 - ``eager-bf16-cl``: the synthesis under bf16 autocast (convolutions and matmuls in bf16, the loss,
   the gradients' use and the optimizer in fp32), weights and activations channels-last;
 - ``graph-tf32``, ``graph-bf16-cl``: the same steps captured once and replayed (CUDA only);
-- ``--variants``: any of ``eager|graph`` - ``fp32|tf32|bf16`` [``-cl``] (``-cl``: channels-last).
+- ``--variants``: any of ``eager|graph`` - ``fp32|tf32|bf16`` [``-cl``] [``-compiled``] (channels-last;
+  ``torch.compile`` of the synthesis as ``upsample(compile=True)`` does it: ``setup_seconds`` holds the
+  compile time).
 
 Per run: seconds per step, image-steps/s, the share of the measured matrix rate (bf16 on CUDA, fp32
 on a CPU) achieved with the FLOPs counted per image-step, peak GPU memory. Checks written beside
@@ -29,7 +31,6 @@ fp32's (relative difference per row: the rounding bf16 costs before the search a
 from __future__ import annotations
 
 import argparse
-import contextlib
 import json
 import os
 import platform
@@ -69,19 +70,20 @@ class StaticSearchStep:
     tensors are allocated once; :meth:`step` only writes into them, so it can be graph-captured.
     """
 
-    def __init__(self, g, lr, steps: int, bf16: bool = False, channels_last: bool = False):
+    def __init__(self, g, lr, steps: int, bf16: bool = False, channels_last: bool = False, compile: bool = False):
         import torch
 
         from pulse_ray.search.losses import parse_loss
         from pulse_ray.search.options import SearchOptions
-        from pulse_ray.search.pulse import _Searches, search_seed
+        from pulse_ray.search.pulse import _Searches, _synthesis_fn, search_seed
 
         o = SearchOptions(steps=steps)
         batch = lr.shape[0]
         s = _Searches(g, batch, o)
         for i in range(batch):
             s.start(i, search_seed(o.seed, f"x{i}", 0))
-        self.g, self.o, self.steps, self.bf16, self.cl = g, o, steps, bf16, channels_last
+        self.g, self.o, self.steps, self.cl = g, o, steps, channels_last
+        self.synthesize = _synthesis_fn(g, "bf16" if bf16 else "fp32", compile)  # upsample's own forward
         self.terms = parse_loss(o.loss)
         self.factor = g.resolution // lr.shape[-1]
         self.ref = lr.to(g.device)
@@ -115,13 +117,8 @@ class StaticSearchStep:
         from pulse_ray.search.losses import l2_per_sample, loss_per_sample
         from pulse_ray.search.optim import lr_factor, sphere_norm
 
-        g, lat = self.g, self.params[0]
-        w = g.latents_from_prior(lat)
-        autocast = torch.autocast(device_type=g.device.type, dtype=torch.bfloat16) if self.bf16 \
-            else contextlib.nullcontext()
-        with autocast:
-            img = g.synthesize(w, self._noise())
-        hr = (img.float().contiguous() + 1) / 2
+        w = self.g.latents_from_prior(self.params[0])
+        hr = (self.synthesize(w, self._noise()).contiguous() + 1) / 2
         gen_lr = downscale(hr, self.factor)
         per_sample, _ = loss_per_sample(self.terms, w, gen_lr, self.ref, self.o.eps)
         grads = torch.autograd.grad(per_sample.sum(), self.params)
@@ -157,7 +154,9 @@ def time_variant(g, lr, variant: str, steps: int, warmup: int) -> dict:
     if variant.startswith("graph") and dev.type != "cuda":
         return {"variant": variant, "batch": lr.shape[0], "skipped": "CUDA graphs need a CUDA device"}
     with _cuda_fp32_mode(precision, dev):
-        st = StaticSearchStep(g, lr, steps=warmup + steps + 3, bf16=bf16, channels_last=variant.endswith("-cl"))
+        t_start = time.perf_counter()
+        st = StaticSearchStep(g, lr, steps=warmup + steps + 3, bf16=bf16, channels_last="-cl" in variant,
+                              compile=variant.endswith("-compiled"))
         try:
             if dev.type == "cuda":
                 torch.cuda.reset_peak_memory_stats(dev)
@@ -177,6 +176,7 @@ def time_variant(g, lr, variant: str, steps: int, warmup: int) -> dict:
                 run()
             _sync(dev)
             t0 = time.perf_counter()
+            setup = t0 - t_start  # building the slots, capturing or compiling, the warm-up steps
             for _ in range(steps):
                 run()
             _sync(dev)
@@ -185,6 +185,7 @@ def time_variant(g, lr, variant: str, steps: int, warmup: int) -> dict:
             if st.cl:
                 g.synthesis.to(memory_format=torch.contiguous_format)
     out = {"variant": variant, "batch": lr.shape[0], "steps": steps, "seconds_per_step": dt / steps,
+           "setup_seconds": setup,
            "image_steps_per_s": lr.shape[0] * steps / dt, "mean_best_mse": float(st.best_mse.mean())}
     if dev.type == "cuda":
         out["peak_gpu_mb"] = torch.cuda.max_memory_allocated(dev) / 2**20
