@@ -22,7 +22,8 @@ graph and replayed. Variants per layout and batch:
   compile time).
 
 Per run: seconds per step, image-steps/s, the share of the measured matrix rate (bf16 on CUDA, fp32
-on a CPU) achieved with the FLOPs counted per image-step, peak GPU memory. Checks written beside
+on a CPU) achieved with the FLOPs counted per image-step, peak GPU memory; on a CPU the same per
+second of the process's CPU time too (steadier than the wall clock on a shared machine). Checks written beside
 them: the fp32 static step against ``pulse_ray.upsample`` (same seeds, same steps: the lowest
 downscale error over the iterates, relative difference), and the bf16 step's first loss against
 fp32's (relative difference per row: the rounding bf16 costs before the search amplifies it).
@@ -175,12 +176,13 @@ def time_variant(g, lr, variant: str, steps: int, warmup: int) -> dict:
             for _ in range(warmup):
                 run()
             _sync(dev)
-            t0 = time.perf_counter()
+            t0, c0 = time.perf_counter(), time.process_time()
             setup = t0 - t_start  # building the slots, capturing or compiling, the warm-up steps
             for _ in range(steps):
                 run()
             _sync(dev)
             dt = max(time.perf_counter() - t0, 1e-9)
+            cpu = max(time.process_time() - c0, 1e-9)
         finally:
             if st.cl:
                 g.synthesis.to(memory_format=torch.contiguous_format)
@@ -189,7 +191,21 @@ def time_variant(g, lr, variant: str, steps: int, warmup: int) -> dict:
            "image_steps_per_s": lr.shape[0] * steps / dt, "mean_best_mse": float(st.best_mse.mean())}
     if dev.type == "cuda":
         out["peak_gpu_mb"] = torch.cuda.max_memory_allocated(dev) / 2**20
+    else:  # the process's CPU time: on a shared machine steadier than the wall clock
+        out["image_steps_per_cpu_s"] = lr.shape[0] * steps / cpu
     return out
+
+
+def cpu_matrix_rate(n: int = 1024, reps: int = 10) -> float:
+    """fp32 matmul FLOP per second of this process's CPU time (``n x n`` matrices)."""
+    import torch
+
+    a, b = torch.randn(n, n), torch.randn(n, n)
+    a @ b
+    c0 = time.process_time()
+    for _ in range(reps):
+        a @ b
+    return 2 * n**3 * reps / max(time.process_time() - c0, 1e-9)
 
 
 def agreement_with_upsample(g, lr, steps: int) -> float:
@@ -255,6 +271,8 @@ def main(argv=None) -> int:
     out["matrix_rate_flops"] = {peak_name: matrix_rate(dev, peak_name, 8192 if cuda else 256 if args.tiny else 1024,
                                                        50 if cuda else 10)}
     peak = out["matrix_rate_flops"][peak_name]
+    if not cuda:
+        out["matrix_rate_flops"]["fp32_per_cpu_second"] = cpu_matrix_rate(256 if args.tiny else 1024)
     for layout in [x for x in args.layouts.split(",") if x]:
         if layout not in LAYOUTS:
             ap.error(f"unknown layout {layout!r} (known: {', '.join(LAYOUTS)})")
@@ -279,6 +297,10 @@ def main(argv=None) -> int:
                     r = {"variant": v, "batch": b, "error": str(e).splitlines()[0][:300]}
                 if "image_steps_per_s" in r:
                     r["achieved_share_of_" + peak_name + "_rate"] = r["image_steps_per_s"] * flops / peak
+                if "image_steps_per_cpu_s" in r:
+                    r["achieved_gflops_per_cpu_s"] = r["image_steps_per_cpu_s"] * flops / 1e9
+                    r["achieved_share_of_fp32_rate_per_cpu_s"] = \
+                        r["image_steps_per_cpu_s"] * flops / out["matrix_rate_flops"]["fp32_per_cpu_second"]
                 rec["runs"].append(r)
                 print(layout, json.dumps(r), flush=True)
                 with open(args.json, "w") as f:  # as it goes: a run cut off by a time limit keeps the rest
@@ -301,7 +323,9 @@ def print_table(out: dict, peak_name: str) -> None:
             if "image_steps_per_s" not in r:
                 print(f"  {r['variant']:<15}{r['batch']:>6}  {r.get('skipped') or r.get('error')}")
                 continue
-            mem = f"{r['peak_gpu_mb']:.0f} MB" if "peak_gpu_mb" in r else ""
+            mem = f"{r['peak_gpu_mb']:.0f} MB" if "peak_gpu_mb" in r else \
+                f"CPU time: {r['image_steps_per_cpu_s']:.1f} img-steps/s, {r['achieved_gflops_per_cpu_s']:.1f} GFLOP/s, " \
+                f"{r['achieved_share_of_fp32_rate_per_cpu_s']:.1%} of fp32"
             print(f"  {r['variant']:<15}{r['batch']:>6}{r['seconds_per_step']:>10.4f} s/step"
                   f"{r['image_steps_per_s']:>12.1f} img-steps/s{r['achieved_share_of_' + peak_name + '_rate']:>9.2%}"
                   f" of {peak_name}  {mem}")
