@@ -36,7 +36,8 @@ class SearchOptions:
     """The search's settings (frozen, picklable: it travels to every search actor)."""
 
     restarts: int = _opt(4, "Restarts of the latent search per image (at most 1000).", cli=True, max=1000)
-    steps: int = _opt(100, "Optimisation steps per restart (at most 100000).", cli=True, max=100_000)
+    steps: int = _opt(60, "Optimisation steps per restart (at most 100000; PULSE's own default is 100).", cli=True,
+                      max=100_000)
     eps: float = _opt(2e-3, "Downscale-MSE threshold for 'converged'.", cli=True)
     seed: int = _opt(0, "Base seed (per image and restart seeds derive from it).", cli=True)
     keep: str = _opt("realistic", "Which result a search keeps: 'realistic' (PULSE's rule: of the images that "
