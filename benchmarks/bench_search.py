@@ -4,7 +4,8 @@
     python benchmarks/bench_search.py --json b.json --images 4 --restarts 2 --steps 20 --generator g.pt
 
 Defaults: the bundled generator, 16 held-out LR faces (people the generator was not trained on,
-from ``../shared/data/faces.parquet``) at factor 8, 4 restarts, 100 steps, eps 2e-3, seed 0.
+from ``../shared/data/faces.parquet``) at factor 8, 4 restarts, eps 2e-3, seed 0; steps: PULSE's 100
+for the reference loop and ``pulse_ray-before``, ``pulse_ray.upsample``'s default for the others.
 Modes, each run in its own child process (so peak RSS is per mode), on the same generator, LR
 images and per-(image, restart) seeds:
 
@@ -16,7 +17,7 @@ images and per-(image, restart) seeds:
   (``early_stop=False``: batching alone), ``pulse_ray-b1`` (``batch_size=1``: early stop alone),
   ``pulse_ray-compile`` (``compile=True``; compiling happens in the untimed warm-up, recompiles for new
   batch shapes during the run are timed); ``pulse_ray-before`` (the defaults before issue 18:
-  ``halving=""``, ``deterministic=True``); ``pulse_ray[steps=60;halving=0.5]``: any SearchOptions fields.
+  ``halving=""``, ``deterministic=True``, 100 steps); ``pulse_ray[steps=60;halving=0.5]``: any SearchOptions fields.
 
 ``--repeats 3`` runs every mode three times, alternating, and reports the run with the median
 images/hour (``runs_images_per_hour`` lists all of them).
@@ -60,6 +61,7 @@ NAMED = {"pulse_ray": {}, "pulse_ray-closest": {"keep": "closest"}, "pulse_ray-s
          # the shipped defaults before issue 18: no successive halving, a lone search run as two rows
          "pulse_ray-before": {"halving": "", "deterministic": True}}
 MODES = ("reference-loop", *NAMED)
+PULSE_STEPS = 100  # the reference code's default, and pulse_ray's until issue 18
 
 
 def mode_options(mode: str) -> dict:
@@ -119,7 +121,11 @@ def run_mode(mode: str, g, lr, ids, cfg: dict) -> dict:
     import pulse_ray
     from reference_loop import reference_search, reference_upsample
 
-    restarts, steps, eps, seed = cfg["restarts"], cfg["steps"], cfg["eps"], cfg["seed"]
+    from pulse_ray.search.options import SearchOptions
+
+    restarts, eps, seed = cfg["restarts"], cfg["eps"], cfg["seed"]
+    # --steps for every mode; without it PULSE's 100 for the reference and the old defaults, the shipped default else
+    steps = cfg["steps"] or (PULSE_STEPS if mode in ("reference-loop", "pulse_ray-before") else SearchOptions().steps)
     if mode == "reference-loop":
         reference_search(g, lr[:1], g.resolution // lr.shape[-1], 1, steps=2, eps=eps)  # warm-up
         t0, c0 = time.perf_counter(), time.process_time()
@@ -237,7 +243,9 @@ def main(argv=None) -> int:
     ap.add_argument("--generator", default=None, help="name, path or URI (default: the bundled one)")
     ap.add_argument("--images", type=int, default=16)
     ap.add_argument("--restarts", type=int, default=4)
-    ap.add_argument("--steps", type=int, default=100)
+    ap.add_argument("--steps", type=int, default=None,
+                    help=f"steps of every mode (default: {PULSE_STEPS} for reference-loop and pulse_ray-before, "
+                         "the shipped default for the others)")
     ap.add_argument("--factor", type=int, default=8)
     ap.add_argument("--eps", type=float, default=2e-3)
     ap.add_argument("--seed", type=int, default=0)
@@ -313,7 +321,7 @@ def main(argv=None) -> int:
         for rep in range(args.repeats):  # modes alternate, so a slow spell of the machine hits them all
             for j, m in enumerate(modes):
                 print(f"[bench_search] {m} (run {rep + 1}/{args.repeats}): {args.images} images x {args.restarts} "
-                      f"restarts x {args.steps} steps ...", flush=True)
+                      f"restarts x {args.steps or 'default'} steps ...", flush=True)
                 runs[m].append(summarise(_spawn(m, work, f"mode{j}_{rep}"), args.images, args.steps))
                 print(f"[bench_search] {m}: {runs[m][-1]['images_per_hour']:.1f} images/hour", flush=True)
         for m, rs in runs.items():  # the run with the median images/hour, and every run's rate
@@ -321,7 +329,7 @@ def main(argv=None) -> int:
                                    "runs_images_per_hour": [r["images_per_hour"] for r in rs],
                                    "runs_images_per_cpu_hour": [r["images_per_cpu_hour"] for r in rs]}
         if scaling:
-            sc = {"mode": "pulse_ray", "restarts": args.restarts, "steps": args.scaling_steps or args.steps,
+            sc = {"mode": "pulse_ray", "restarts": args.restarts, "steps": args.scaling_steps or args.steps or "default",
                   "runs": {}}
             for c in scaling:
                 print(f"[bench_search] scaling: pulse_ray on {c} images ...", flush=True)
@@ -362,7 +370,7 @@ def main(argv=None) -> int:
 def print_table(results: dict) -> None:
     c = results["config"]
     print(f"\n{c['generator']} ({c['resolution']} px), {c['images']} LR faces {c['lr_size']}x{c['lr_size']} "
-          f"(factor {c['factor']}), {c['restarts']} restarts, {c['steps']} steps, eps {c['eps']}; "
+          f"(factor {c['factor']}), {c['restarts']} restarts, {c['steps'] or 'default'} steps, eps {c['eps']}; "
           f"HR face rate {results['inputs']['hr_face_rate']:.2f}")
     head = f"{'mode':<30}{'images/h':>10}{'img/CPU-h':>11}{'img-steps/s':>13}{'steps/search':>14}{'converged':>11}" \
            f"{'face rate':>11}{'mean MSE':>11}{'peak RSS MB':>13}"
