@@ -41,9 +41,8 @@ def test_reference_loop_starts_where_pulse_ray_starts(reference):
 def test_reference_loop_agrees_with_pulse_ray(reference):
     """Batch 1, one restart, no early stop, same seed: the same search, on a 32 px network.
     Tolerance: downscale MSE within 1e-4 relative, image within 1e-3 (max abs, [0, 1] scale) after
-    5 steps (measured: about 1e-6 and 1e-5). Not bit for bit: pulse_ray runs a lone search as two
-    rows and uses its own batched Adam; the reference runs torch.optim.Adam at batch 1. The search can
-    amplify such rounding differences (on the 128 px fixture network to ~1e-3 within 3 steps at lr 0.4),
+    5 steps (measured: about 1e-6 and 1e-5). Not bit for bit: pulse_ray uses its own batched Adam; the
+    reference runs torch.optim.Adam. The search can amplify such rounding differences (on the 128 px fixture network to ~1e-3 within 3 steps at lr 0.4),
     which is why the small network and few steps."""
     from .test_fastpath import tiny_generator
 
