@@ -1,4 +1,4 @@
-"""The search's fast-path knobs: ``precision`` (CUDA only beyond fp32) and ``compile``."""
+"""The search's fast-path knobs: ``precision`` (fp32, TF32 on CUDA, bf16 autocast) and ``compile``."""
 
 import shutil
 
@@ -23,13 +23,36 @@ def test_default_precision_per_device():
     for p in ("fp32", "tf32", "bf16"):
         assert resolve_precision(p, torch.device("cuda")) == p
     assert resolve_precision("fp32", torch.device("cpu")) == "fp32"
+    assert resolve_precision("bf16", torch.device("cpu")) == "bf16"
 
 
-@pytest.mark.parametrize("precision", ["tf32", "bf16"])
-def test_cuda_only_precisions_are_refused_on_cpu(reference, precision):
+def test_tf32_is_refused_on_cpu(reference):
     g = tiny_generator(reference)
     with pytest.raises(ValueError, match="needs a CUDA device"):
-        pulse_ray.upsample(torch.rand(1, 3, 8, 8), g, restarts=1, steps=1, precision=precision)
+        pulse_ray.upsample(torch.rand(1, 3, 8, 8), g, restarts=1, steps=1, precision="tf32")
+
+
+def test_bf16_on_cpu_agrees_with_fp32_within_tolerance(reference, monkeypatch):
+    """Tolerance, for the first iterate (before any update): downscale MSE within 2% relative, pixels
+    within 0.1 (max abs, [0, 1] scale) and 1e-2 on average. Measured on this random 32 px network:
+    0.2-0.7%, 0.04-0.07 and about 3e-3. Later iterates separate further (the search is chaotic: after
+    3 steps the MSE differs by 3-19%), so the search's quality in bf16 is measured by the benchmark's
+    converged share and face rate, not here. The loss and the optimizer stay in fp32."""
+    g = tiny_generator(reference)
+    lr = pulse_ray.downscale(g.sample(2, seed=5), 4)
+    dtypes = []
+    synthesize = g.synthesis.forward
+    monkeypatch.setattr(g.synthesis, "forward", lambda w, noise: dtypes.append(synthesize(w, noise).dtype)
+                        or synthesize(w, noise))
+    kw = dict(restarts=1, steps=1, early_stop=False, keep="closest", ids=["a", "b"])
+    fp32 = pulse_ray.upsample(lr, g, **kw)
+    bf16 = pulse_ray.upsample(lr, g, precision="bf16", **kw)
+    for x, y in zip(fp32, bf16):
+        assert y.downscale_mse == pytest.approx(x.downscale_mse, rel=2e-2)
+        diff = (x.image - y.image).abs()
+        assert diff.max().item() < 0.1 and diff.mean().item() < 1e-2 and diff.max().item() > 0
+        assert y.image.dtype == torch.float32
+    assert dtypes.count(torch.bfloat16) == 1 and dtypes.count(torch.float32) == 1
 
 
 def test_unknown_precision(reference):

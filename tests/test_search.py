@@ -34,14 +34,68 @@ def test_results_do_not_depend_on_the_batch(reference):
     g = small_generator(reference)
     lr = planted(g, 3, factor=8)
     ids = ["a", "b", "c"]
-    together = pulse_ray.upsample(lr, g, restarts=2, steps=6, early_stop=False, ids=ids)
-    alone = pulse_ray.upsample(lr[1:2], g, restarts=2, steps=6, early_stop=False, ids=["b"])
-    one_slot = pulse_ray.upsample(lr[1:], g, restarts=2, steps=6, early_stop=False, ids=["b", "c"], batch_size=1)
+    kw = dict(restarts=2, steps=6, early_stop=False, deterministic=True)
+    together = pulse_ray.upsample(lr, g, ids=ids, **kw)
+    alone = pulse_ray.upsample(lr[1:2], g, ids=["b"], **kw)
+    one_slot = pulse_ray.upsample(lr[1:], g, ids=["b", "c"], batch_size=1, **kw)
     for other in (alone[0], one_slot[0]):
         assert other.seed == together[1].seed and other.restart == together[1].restart
         assert other.downscale_mse == pytest.approx(together[1].downscale_mse, rel=1e-5)
         assert (other.image - together[1].image).abs().max().item() < 1e-4
     assert one_slot[1].downscale_mse == pytest.approx(together[2].downscale_mse, rel=1e-5)
+
+
+def test_a_lone_search_is_one_row_unless_deterministic(reference, monkeypatch):
+    g = small_generator(reference)
+    lr = planted(g, 1, factor=8)
+    batches = []
+    synthesize = g.synthesis.forward
+    monkeypatch.setattr(g.synthesis, "forward", lambda w, noise: batches.append(len(w)) or synthesize(w, noise))
+    fast = pulse_ray.upsample(lr, g, restarts=1, steps=3)[0]
+    assert batches == [1, 1, 1]
+    batches.clear()
+    exact = pulse_ray.upsample(lr, g, restarts=1, steps=3, deterministic=True)[0]
+    assert batches == [2, 2, 2]
+    # without deterministic only the rounding of the batch-1 kernels differs
+    assert (fast.image - exact.image).abs().max().item() < 1e-3
+    assert fast.downscale_mse == pytest.approx(exact.downscale_mse, rel=1e-3)
+
+
+def test_successive_halving_stops_the_losing_half_once_one_restart_is_within_eps(reference):
+    g = small_generator(reference)
+    lr = planted(g, 2, factor=32)  # 4x4: within eps after a few steps
+    kw = dict(restarts=4, steps=10, eps=5e-2, early_stop=False, save_restarts=True, halving="0.4,0.7")
+    res = pulse_ray.upsample(lr, g, **kw)
+    full = pulse_ray.upsample(lr, g, **{**kw, "halving": ""})
+    for r, f in zip(res, full):
+        # two stop at step 4, one more at step 7 (the worse of the two left)
+        assert sorted(x.steps for x in r.restarts) == [4, 4, 7, 10]
+        assert all(x.steps == 10 for x in f.restarts)
+        # the survivors ranked ahead at each checkpoint, and a kept rank only improves: the last one wins
+        assert r.converged and r.restart == max(r.restarts, key=lambda x: x.steps).restart
+        assert r.loss == min(x.loss for x in r.restarts if x.converged)
+        # the survivor's search is the one it would have been without halving (same seed, same steps)
+        same = next(x for x in f.restarts if x.restart == r.restart)
+        assert r.seed == same.seed and r.downscale_mse == pytest.approx(same.downscale_mse, rel=1e-5)
+    # nothing within eps: every restart could still converge, none is stopped
+    hard = pulse_ray.upsample(lr, g, **{**kw, "eps": 1e-9})
+    assert all(x.steps == 10 for r in hard for x in r.restarts)
+
+
+def test_successive_halving_does_not_depend_on_the_batch(reference):
+    """Searches that reach a checkpoint before their siblings are parked and resumed exactly."""
+    g = small_generator(reference)
+    lr = planted(g, 3, factor=32)
+    kw = dict(restarts=3, steps=8, eps=5e-2, early_stop=False, save_restarts=True, deterministic=True)
+    together = pulse_ray.upsample(lr, g, **kw)
+    for bs in (1, 2):
+        other = pulse_ray.upsample(lr, g, batch_size=bs, **kw)
+        for a, b in zip(together, other):
+            assert [(x.restart, x.steps) for x in a.restarts] == [(x.restart, x.steps) for x in b.restarts]
+            assert b.restart == a.restart and torch.equal(a.image, b.image)
+    assert any(x.steps < 8 for r in together for x in r.restarts)
+    with pytest.raises(ValueError, match="--halving fractions must be increasing"):
+        pulse_ray.upsample(lr, g, steps=2, halving="0.7,0.4")
 
 
 def test_restarts_differ_and_the_best_is_returned(reference):
@@ -94,11 +148,12 @@ def test_per_sample_eps_and_early_stop(reference):
     g = small_generator(reference)
     easy = planted(g, 1, factor=32)[0]  # 4x4: reaches ~2e-3 in 30 steps
     hard = torch.rand(3, 16, 16)  # 16x16 noise: stays far above 5e-3
-    res = pulse_ray.upsample([easy, hard], g, restarts=1, steps=30, eps=5e-3, patience=2, keep="closest")
+    kw = dict(restarts=1, steps=30, eps=5e-3, patience=2, keep="closest", deterministic=True)
+    res = pulse_ray.upsample([easy, hard], g, **kw)
     assert res[0].converged and res[0].steps < 30
     assert not res[1].converged and res[1].steps == 30
     # the easy image's result is the same when it runs alone
-    alone = pulse_ray.upsample([easy], g, restarts=1, steps=30, eps=5e-3, patience=2, keep="closest")[0]
+    alone = pulse_ray.upsample([easy], g, **kw)[0]
     assert alone.steps == res[0].steps
     assert alone.downscale_mse == pytest.approx(res[0].downscale_mse, rel=1e-5)
 

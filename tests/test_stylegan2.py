@@ -408,10 +408,11 @@ def test_planted_w_plus_solution_is_found(small):
 def test_results_do_not_depend_on_the_batch_and_repeat_exactly(small):
     lr = planted(small, 3, factor=8)
     ids = ["a", "b", "c"]
-    together = pulse_ray.upsample(lr, small, restarts=2, steps=4, early_stop=False, ids=ids)
-    again = pulse_ray.upsample(lr, small, restarts=2, steps=4, early_stop=False, ids=ids)
-    alone = pulse_ray.upsample(lr[1:2], small, restarts=2, steps=4, early_stop=False, ids=["b"])
-    one_slot = pulse_ray.upsample(lr[1:], small, restarts=2, steps=4, early_stop=False, ids=["b", "c"], batch_size=1)
+    kw = dict(restarts=2, steps=4, early_stop=False, deterministic=True)
+    together = pulse_ray.upsample(lr, small, ids=ids, **kw)
+    again = pulse_ray.upsample(lr, small, ids=ids, **kw)
+    alone = pulse_ray.upsample(lr[1:2], small, ids=["b"], **kw)
+    one_slot = pulse_ray.upsample(lr[1:], small, ids=["b", "c"], batch_size=1, **kw)
     for a, b in zip(together, again):
         assert torch.equal(a.image, b.image) and a.downscale_mse == b.downscale_mse
     for other in (alone[0], one_slot[0]):

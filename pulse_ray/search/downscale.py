@@ -28,6 +28,12 @@ def bicubic_taps(factor: int) -> tuple[float, ...]:
     return tuple(t / total for t in taps)
 
 
+@functools.lru_cache(maxsize=64)
+def _taps_on(factor: int, dtype: torch.dtype, device: torch.device) -> torch.Tensor:
+    """The taps as a tensor, made once per device (no host-to-device copy per step: CUDA graphs need that)."""
+    return torch.tensor(bicubic_taps(factor), dtype=dtype, device=device)
+
+
 def check_factor(factor: int) -> int:
     """Validate a downscaling factor: a power of two from 2 to 64."""
     if isinstance(factor, bool) or not isinstance(factor, int) or factor < 2 or factor > MAX_FACTOR \
@@ -62,7 +68,7 @@ def downscale(x: torch.Tensor, factor: int) -> torch.Tensor:
     _, c, h, w = x.shape
     if h % factor or w % factor:
         raise ValueError(f"image size {w}x{h} is not divisible by the factor {factor}")
-    taps = torch.tensor(bicubic_taps(factor), dtype=x.dtype, device=x.device)
+    taps = _taps_on(factor, x.dtype, x.device)
     size = taps.numel()
     pad_lo = (size - factor) // 2
     pad_hi = size - factor - pad_lo

@@ -59,6 +59,20 @@ class BatchedSphericalOptimizer:
             for b in bufs:
                 b[rows] = 0
 
+    def slot_state(self, slot: int) -> dict:
+        """Copies of everything slot ``slot``'s search keeps here (to park it and resume it elsewhere)."""
+        return {"step": self.step_count[slot].clone(), "radii": [r[slot].clone() for r in self.radii],
+                "state": [[b[slot].clone() for b in bufs] for bufs in self.state]}
+
+    def load_slot(self, slot: int, st: dict) -> None:
+        """Put a parked search's state (from :meth:`slot_state`) into slot ``slot``."""
+        self.step_count[slot] = st["step"]
+        for r, v in zip(self.radii, st["radii"]):
+            r[slot] = v
+        for bufs, vals in zip(self.state, st["state"]):
+            for b, v in zip(bufs, vals):
+                b[slot] = v
+
     @torch.no_grad()
     def step(self, grads: list[torch.Tensor], rows: torch.Tensor) -> None:
         """One update of the slots in ``rows`` (``grads`` are for those rows, in order; ``rows`` on any device)."""

@@ -36,7 +36,8 @@ class SearchOptions:
     """The search's settings (frozen, picklable: it travels to every search actor)."""
 
     restarts: int = _opt(4, "Restarts of the latent search per image (at most 1000).", cli=True, max=1000)
-    steps: int = _opt(100, "Optimisation steps per restart (at most 100000).", cli=True, max=100_000)
+    steps: int = _opt(60, "Optimisation steps per restart (at most 100000; PULSE's own default is 100).", cli=True,
+                      max=100_000)
     eps: float = _opt(2e-3, "Downscale-MSE threshold for 'converged'.", cli=True)
     seed: int = _opt(0, "Base seed (per image and restart seeds derive from it).", cli=True)
     keep: str = _opt("realistic", "Which result a search keeps: 'realistic' (PULSE's rule: of the images that "
@@ -56,7 +57,14 @@ class SearchOptions:
     early_stop: bool = _opt(True, "A converged search whose kept iterate has not changed for `patience` steps stops.")
     patience: int = _opt(10, "Steps without a change before early_stop ends a converged search.")
     skip_converged_restarts: bool = _opt(False, "Drop an image's remaining restarts once one has converged.")
-    precision: str | None = _opt(None, "fp32, tf32 or bf16 (default: tf32 on CUDA, fp32 on CPU).")
+    halving: str = _opt("0.4,0.7", "Successive halving of an image's restarts: at these fractions of the steps "
+                        "(','-separated; '' turns it off) the worse half by the kept iterate's rank stops, once "
+                        "some restart of the image is within eps.", cli=True, metavar="FRACTIONS")
+    deterministic: bool = _opt(False, "Bit-exact batch independence: a search left alone in the batch runs as "
+                               "two rows (twice the cost) so that its numbers match any batch it could have run in.",
+                               cli=True)
+    precision: str | None = _opt(None, "fp32, tf32 (CUDA) or bf16 (generator under bf16 autocast) "
+                                  "(default: tf32 on CUDA, fp32 on CPU).")
     compile: bool = _opt(False, "Run the synthesis network through torch.compile.")
 
     def __post_init__(self):
@@ -74,6 +82,7 @@ class SearchOptions:
             raise OptionError(f"unknown precision {self.precision!r} (known: {', '.join(PRECISIONS)})")
         if self.batch_size is not None and self.batch_size < 1:
             raise OptionError(f"search batch_size must be >= 1 (got {self.batch_size})")
+        halving_fractions(self.halving)
         if self.patience < 0:
             raise OptionError(f"patience must be >= 0 (got {self.patience})")
 
@@ -96,6 +105,17 @@ class SearchOptions:
     def record(self) -> dict:
         """Plain values, for run records and ledgers."""
         return dataclasses.asdict(self)
+
+
+def halving_fractions(spec: str) -> tuple[float, ...]:
+    """``"0.4,0.7"`` -> ``(0.4, 0.7)``; each strictly between 0 and 1, increasing; ``""`` -> ``()``."""
+    try:
+        fr = tuple(float(x) for x in str(spec).split(",") if x.strip())
+    except ValueError:
+        raise OptionError(f"--halving must be ','-separated fractions such as 0.4,0.7 (got {spec!r})") from None
+    if any(not 0 < f < 1 for f in fr) or list(fr) != sorted(set(fr)):
+        raise OptionError(f"--halving fractions must be increasing and between 0 and 1 (got {spec!r})")
+    return fr
 
 
 def cli_fields() -> list[dataclasses.Field]:

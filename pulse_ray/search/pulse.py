@@ -20,7 +20,7 @@ from ..sizes import check_lr_size, valid_lr_sizes  # noqa: F401  (re-exported)
 from .downscale import downscale
 from .losses import l2_per_sample, loss_per_sample, parse_loss
 from .optim import BatchedSphericalOptimizer
-from .options import KEEP_RULES, NOISE_TYPES, PRECISIONS, SearchOptions  # noqa: F401  (re-exported)
+from .options import KEEP_RULES, NOISE_TYPES, PRECISIONS, SearchOptions, halving_fractions  # noqa: F401
 
 #: ITU-R 601 luma weights: a grey LR input is matched, and its result returned, in this luminance
 LUMA = (0.299, 0.587, 0.114)
@@ -29,14 +29,15 @@ GREY_TOLERANCE = 1.5 / 255
 
 
 def resolve_precision(precision: str | None, device: torch.device) -> str:
-    """``None`` -> ``"tf32"`` on CUDA, ``"fp32"`` elsewhere; TF32 and bf16 on a CPU are refused."""
+    """``None`` -> ``"tf32"`` on CUDA, ``"fp32"`` elsewhere; TF32 on a CPU is refused. ``"bf16"`` runs the
+    generator forward under bf16 autocast on either device (the loss and the optimizer stay fp32)."""
     if precision is None:
         return "tf32" if device.type == "cuda" else "fp32"
     if precision not in PRECISIONS:
         raise ValueError(f"unknown precision {precision!r} (known: {', '.join(PRECISIONS)})")
-    if precision != "fp32" and device.type != "cuda":
-        raise ValueError(f"precision={precision!r} needs a CUDA device; the generator is on {device.type}, "
-                         f"where the search always runs in fp32 (use precision='fp32' or None)")
+    if precision == "tf32" and device.type != "cuda":
+        raise ValueError(f"precision='tf32' needs a CUDA device; the generator is on {device.type} "
+                         f"(use precision='fp32', 'bf16' or None)")
     return precision
 
 
@@ -81,7 +82,7 @@ def _synthesis_fn(g: Generator, precision: str, compile: bool):
         return net
 
     def forward(w, noise):
-        with torch.autocast(device_type="cuda", dtype=torch.bfloat16):
+        with torch.autocast(device_type=w.device.type, dtype=torch.bfloat16):
             out = net(w, noise)
         return out.float()
 
@@ -190,6 +191,24 @@ class _Searches:
         self.best_loss[slot] = float("inf")
         self.best_step[slot] = 0
 
+    def park(self, slot: int) -> dict:
+        """Copies of slot ``slot``'s search (latent, noise, optimizer state, kept iterate)."""
+        return {"latent": self.latent[slot].clone(), "trainable": [t[slot].clone() for t in self.trainable],
+                "fixed": [f[slot].clone() for f in self.fixed_noise], "opt": self.opt.slot_state(slot),
+                "best_mse": self.best_mse[slot].clone(), "best_loss": self.best_loss[slot].clone(),
+                "best_step": self.best_step[slot].clone(), "best_image": self.best_image[slot].clone()}
+
+    def resume(self, slot: int, st: dict) -> None:
+        """Continue a parked search (from :meth:`park`) in slot ``slot``, exactly where it stopped."""
+        self.latent[slot] = st["latent"]
+        for t, v in zip(self.trainable, st["trainable"]):
+            t[slot] = v
+        for f, v in zip(self.fixed_noise, st["fixed"]):
+            f[slot] = v
+        self.opt.load_slot(slot, st["opt"])
+        for name in ("best_mse", "best_loss", "best_step", "best_image"):
+            getattr(self, name)[slot] = st[name]
+
     def noise_for(self, rows: torch.Tensor, trainable: list) -> list:
         out, ti, fi = [], 0, 0
         for kind in self.noise_kind:
@@ -200,6 +219,11 @@ class _Searches:
                 out.append(self.fixed_noise[fi][rows])
                 fi += 1
         return out
+
+
+def halving_steps(o: SearchOptions) -> list[int]:
+    """The step counts at which successive halving ranks an image's restarts."""
+    return sorted({c for c in (round(f * o.steps) for f in halving_fractions(o.halving)) if 0 < c < o.steps})
 
 
 def _rank(mse: float, loss: float, eps: float, keep: str) -> tuple:
@@ -226,11 +250,16 @@ def upsample(lr_batch, generator: Generator | str | None = None, options: Search
     search whose kept iterate has not changed for ``patience`` steps leave the batch (under
     ``"realistic"`` the realism term usually falls to the last step, so it rarely stops a search
     early; ``"closest"`` searches stop soon after they converge); ``skip_converged_restarts`` drops
-    an image's remaining restarts once one has converged.
+    an image's remaining restarts once one has converged. ``halving`` (default ``"0.4,0.7"``) stops
+    the worse half of an image's restarts at those fractions of the steps, once one of them is within
+    eps (a restart that gets there before its siblings is parked and resumed exactly, so the result
+    does not depend on the batch). ``deterministic=True`` runs a search that is alone in the batch as
+    two rows, so that even its rounding matches any batch it could have run in; by default it runs as
+    one row (half the cost; its last bits may differ from a batched run's).
 
     Fast-path knobs: ``precision`` is ``"fp32"``, ``"tf32"`` (TF32 matmuls and convolutions) or
-    ``"bf16"`` (TF32, and the generator forward under bf16 autocast); ``None`` means ``"tf32"`` on
-    CUDA and ``"fp32"`` on the CPU, where ``"tf32"`` and ``"bf16"`` are refused with a ValueError.
+    ``"bf16"`` (the generator forward under bf16 autocast, TF32 elsewhere on CUDA; on a CPU too);
+    ``None`` means ``"tf32"`` on CUDA and ``"fp32"`` on the CPU, where ``"tf32"`` is refused.
     ``compile=True`` runs the synthesis network through ``torch.compile`` (compiled once per
     generator object). Both change rounding, so results then agree with fp32 within tolerance rather
     than bit for bit, and are no longer guaranteed independent of the batch.
@@ -262,17 +291,43 @@ def _upsample(lr_batch, g: Generator, o: SearchOptions, ids, synthesize) -> list
         grey.append(is_grey(img))
         refs.append((luminance(img[None])[0] if grey[-1] else img).to(g.device))
 
-    queue = [(i, r) for i in range(len(images)) for r in range(restarts)]
+    queue = [(i, r, None) for i in range(len(images)) for r in range(restarts)]  # (image, restart, parked)
     slots = min(len(queue), o.batch_size or g.default_batch_size())
     s = _Searches(g, slots, o)
     owner: list = [None] * slots  # (image, restart, seed) per slot
     outcome = {}  # (image, restart) -> SearchResult
     converged_images = set()
+    checkpoints = halving_steps(o) if restarts > 1 else []
+    live = [set(range(restarts)) for _ in images]  # restarts neither finished, stopped nor skipped
+    stopped = set()  # (image, restart) stopped by successive halving
+    stage = [0] * len(images)  # index of each image's next halving checkpoint
+    waiting = [{} for _ in images]  # restart -> its slot, or (seed, parked state): at that checkpoint
+
+    def finish(i: int, r: int, sd: int, best_mse: float, best_loss: float, best_image, done_steps: int) -> None:
+        conv = best_mse <= eps
+        image = best_image.to("cpu", copy=True)
+        out_mse = l2_per_sample(downscale(image[None].expand(2, -1, -1, -1), factors[i])[:1], refs[i][None].cpu())
+        outcome[(i, r)] = SearchResult(image=image, downscale_mse=best_mse, output_mse=float(out_mse),
+                                       converged=conv, loss=best_loss, restart=r, steps=done_steps, seed=sd,
+                                       grey=grey[i])
+        live[i].discard(r)
+        if conv:
+            converged_images.add(i)
+
+    def finish_slot(k: int) -> None:
+        i, r, sd = owner[k]
+        finish(i, r, sd, float(s.best_mse[k]), float(s.best_loss[k]), s.best_image[k], int(s.opt.step_count[k]))
+        owner[k] = None
 
     def fill(slot: int) -> None:
         while queue:
-            i, r = queue.pop(0)
+            i, r, parked = queue.pop(0)
+            if parked is not None:
+                s.resume(slot, parked[1])
+                owner[slot] = (i, r, parked[0])
+                return
             if o.skip_converged_restarts and i in converged_images:
+                live[i].discard(r)
                 continue
             sd = search_seed(seed, keys[i], r)
             s.start(slot, sd)
@@ -280,12 +335,55 @@ def _upsample(lr_batch, g: Generator, o: SearchOptions, ids, synthesize) -> list
             return
         owner[slot] = None
 
-    for slot in range(slots):
-        fill(slot)
+    def kept(i: int, r: int) -> tuple[float, float]:
+        """(downscale MSE, loss) of the iterate restart ``r`` of image ``i`` keeps so far."""
+        if (i, r) in outcome:
+            return outcome[(i, r)].downscale_mse, outcome[(i, r)].loss
+        where = waiting[i][r]
+        if isinstance(where, int):
+            return float(s.best_mse[where]), float(s.best_loss[where])
+        return float(where[1]["best_mse"]), float(where[1]["best_loss"])
 
-    while any(o is not None for o in owner):
+    def halve(i: int) -> bool:
+        """Once every live restart of image ``i`` has reached its next checkpoint: stop the worse half
+        (ranked with the finished ones, by the iterate each keeps), provided some restart is within eps
+        (before that, any of them could still be the one that converges). False while still waiting."""
+        if not waiting[i] or set(waiting[i]) != live[i]:
+            return False
+        group = {r: kept(i, r) for r in range(restarts) if (i, r) in outcome and (i, r) not in stopped}
+        group.update({r: kept(i, r) for r in waiting[i]})
+        losers = set()
+        if len(group) > 1 and any(m <= eps for m, _ in group.values()):
+            order = sorted(group, key=lambda r: (_rank(*group[r], eps, keep), r))
+            losers = set(order[(len(order) + 1) // 2:]) & set(waiting[i])
+        resumed = []
+        for r, where in sorted(waiting[i].items()):
+            if r in losers:
+                stopped.add((i, r))
+                if isinstance(where, int):
+                    finish_slot(where)
+                else:
+                    st = where[1]
+                    finish(i, r, where[0], float(st["best_mse"]), float(st["best_loss"]), st["best_image"],
+                           int(st["opt"]["step"]))
+            elif not isinstance(where, int):
+                resumed.append((i, r, where))
+        queue[:0] = resumed  # parked survivors take the next free slots
+        stage[i] += 1
+        waiting[i] = {}
+        return True
+
+    while True:
+        while True:  # free slots take parked survivors, then new searches; a skipped restart can unblock a halving
+            for k in range(slots):
+                if owner[k] is None:
+                    fill(k)
+            if not [i for i in range(len(images)) if halve(i)]:
+                break
         active = [k for k, o in enumerate(owner) if o is not None]
-        if len(active) == 1:
+        if not active:
+            break
+        if len(active) == 1 and o.deterministic:
             # convolution kernels round differently at batch 1: run a lone search twice
             # (same slot) so its numbers match any other batch it could have run in
             active = active * 2
@@ -304,9 +402,9 @@ def _upsample(lr_batch, g: Generator, o: SearchOptions, ids, synthesize) -> list
         totals = torch.zeros(len(active))
         for f in sorted({factors[owner[k][0]] for k in active}):
             members = [j for j, k in enumerate(active) if factors[owner[k][0]] == f]
-            # a group of one runs as two rows: kernels (convolutions, reductions) take other
-            # code paths for a single row, and the numbers must not depend on the batch
-            rows_f = members * 2 if len(members) == 1 else members
+            # deterministic: a group of one runs as two rows: kernels (convolutions, reductions) take
+            # other code paths for a single row, and the numbers must not depend on the batch
+            rows_f = members * 2 if len(members) == 1 and o.deterministic else members
             gen_lr = downscale(hr[rows_f], f)
             ref = torch.stack([refs[owner[active[j]][0]] for j in rows_f])
             per_sample, _ = loss_per_sample(terms, w[rows_f], gen_lr, ref, eps)
@@ -326,22 +424,20 @@ def _upsample(lr_batch, g: Generator, o: SearchOptions, ids, synthesize) -> list
             s.best_image[idx.to(hr.device)] = hr.detach()[improved.to(hr.device)].clamp(0, 1).float()
         s.opt.step([gr.detach() for gr in grads], rows_dev)
         for k in sorted(set(active)):
+            i, r, _ = owner[k]
             done_steps = int(s.opt.step_count[k])
             conv = bool(s.best_mse[k] <= eps)
-            finished = done_steps >= steps or (
-                o.early_stop and conv and done_steps - int(s.best_step[k]) > o.patience)
-            if finished:
-                i, r, sd = owner[k]
-                image = s.best_image[k].to("cpu", copy=True)
-                out_mse = l2_per_sample(downscale(image[None].expand(2, -1, -1, -1), factors[i])[:1],
-                                        refs[i][None].cpu())
-                outcome[(i, r)] = SearchResult(image=image, downscale_mse=float(s.best_mse[k]),
-                                               output_mse=float(out_mse), converged=conv,
-                                               loss=float(s.best_loss[k]), restart=r,
-                                               steps=done_steps, seed=sd, grey=grey[i])
-                if conv:
-                    converged_images.add(i)
-                fill(k)
+            if done_steps >= steps or (o.early_stop and conv and done_steps - int(s.best_step[k]) > o.patience):
+                finish_slot(k)
+            elif stage[i] < len(checkpoints) and done_steps == checkpoints[stage[i]]:
+                waiting[i][r] = k
+        for i in range(len(images)):
+            halve(i)
+        for w_i in waiting:  # searches whose siblings have not reached the checkpoint yet leave their slots
+            for r, where in list(w_i.items()):
+                if isinstance(where, int):
+                    w_i[r] = (owner[where][2], s.park(where))
+                    owner[where] = None
 
     results = []
     for i in range(len(images)):
