@@ -19,8 +19,8 @@ never from production arguments:
 * ``S3 restarted``: OUT on a moto S3 server (``ThreadedMotoServer`` on loopback, boto3 over HTTP)
   that is stopped once the first part exists, then started again on the same port (moto keeps its
   buckets in the process, so the restarted endpoint still holds what was written);
-* ``node removed``: the job runs on a 2-node ``ray.cluster_utils.Cluster`` (2 CPUs each, two search
-  actors); once the first part exists the non-head node is removed (its processes killed).
+* ``node removed``: the job runs on a 2-node ``ray.cluster_utils.Cluster`` (3 + 2 CPUs, a search
+  actor on each); once the first part exists the non-head node is removed (its processes killed).
 
 Columns: rows in the manifest; ok / failed after the fault plus one re-run; lost (no row);
 doubled (an id with two metadata rows, or an SR file for no ok row); ok rows redone (an id whose
@@ -44,7 +44,9 @@ sys.path.insert(0, REPO)
 
 FAULTS = ("actor killed", "SIGINT", "SIGTERM", "SIGKILL", "corrupt part", "write dies", "read-only output",
           "S3 restarted", "node removed")
-CLUSTER_NODE_CPUS = 2  # each node of the 2-node cluster ("node removed")
+# "node removed": the head node hosts one search actor and the light tasks, the second node one actor
+# (the plan gives each of the 2 actors (3 + 2 - 1) / 2 = 2 CPUs)
+CLUSTER_HEAD_CPUS, CLUSTER_NODE_CPUS = 3, 2
 CLUSTER_OBJECT_STORE = 150 * 1024**2
 
 
@@ -75,35 +77,33 @@ def child(manifest: str, out: str, pause: float, *, kill_marker: str | None = No
     if write_marker:
         submit_module.WriteStep = functools.partial(DieAfterImagesWriteStep, marker=write_marker,
                                                     driver_pid=os.getpid())
-    workers = "1"
-    if node_marker:
-        _two_node_cluster(out, node_marker)
-        workers = "2"  # one search actor per node
+    ray_args = ["--num-cpus", "2", "--workers", "1"]
+    if node_marker:  # the job joins the cluster (--address), one search actor per node
+        ray_args = ["--address", _two_node_cluster(out, node_marker), "--workers", "2"]
     from pulse_ray.cli import main
 
     sys.argv = ["pulse-ray", "submit", manifest, "--output", out, "--restarts", "1", "--steps", "1",
-                "--num-cpus", "2", "--workers", workers, "--batch-size", "1", "--quiet"]
+                *ray_args, "--batch-size", "1", "--quiet"]
     if s3_endpoint:
         sys.argv += ["--s3-endpoint-url", s3_endpoint]
     main()
 
 
-def _two_node_cluster(out: str, marker: str) -> None:
-    """Ray on a 2-node ``Cluster`` in this process (the job joins it), and a thread that removes the
-    non-head node once the first metadata part exists, then writes ``marker``."""
+def _two_node_cluster(out: str, marker: str) -> str:
+    """A 2-node ``Cluster`` started from this process, and a thread that removes the non-head node
+    once the first metadata part exists, then writes ``marker``. Returns the cluster's address."""
     import threading
 
-    import ray
     from ray.cluster_utils import Cluster
 
     from pulse_ray.job import metadata as md
-    from pulse_ray.job.cluster import worker_runtime_env
 
-    node = dict(num_cpus=CLUSTER_NODE_CPUS, object_store_memory=CLUSTER_OBJECT_STORE)
-    cluster = Cluster(initialize_head=True, head_node_args={**node, "include_dashboard": False})
-    second = cluster.add_node(**node)
+    cluster = Cluster(initialize_head=True, head_node_args=dict(
+        num_cpus=CLUSTER_HEAD_CPUS, object_store_memory=CLUSTER_OBJECT_STORE, include_dashboard=False))
+    second = cluster.add_node(num_cpus=CLUSTER_NODE_CPUS, object_store_memory=CLUSTER_OBJECT_STORE)
     cluster.wait_for_nodes()
-    ray.init(address=cluster.address, runtime_env=worker_runtime_env(), logging_level="WARNING")
+    with open(marker + ".address", "w") as f:
+        f.write(cluster.address)
 
     def remove_when_a_part_exists():
         while not md.metadata_files(out):
@@ -113,6 +113,7 @@ def _two_node_cluster(out: str, marker: str) -> None:
             f.write(f"removed at {time.time()}\n")
 
     threading.Thread(target=remove_when_a_part_exists, daemon=True).start()
+    return cluster.address
 
 
 def _spawn(manifest, out, pause, env_extra=None, **seam) -> subprocess.Popen:
@@ -158,6 +159,19 @@ def _sr_ids(out, store) -> list[str]:
     return [u[len(root):].strip("/")[: -len(".png")] for u in store.list_uris(root, suffix=".png")]
 
 
+def _forget_cluster(address_file: str) -> None:
+    """Ray notes the last cluster started on this machine in ``/tmp/ray/ray_current_cluster``; once
+    the 2-node cluster (its address in ``address_file``) is gone, a note naming it would send the next
+    embedded ``ray.init`` there."""
+    note = "/tmp/ray/ray_current_cluster"
+    try:
+        with open(address_file) as f, open(note) as g:
+            if f.read().strip() == g.read().strip():
+                os.unlink(note)
+    except OSError:
+        pass
+
+
 def _read_only_mount(path: str) -> None:
     """``path`` bind-mounted read-only onto itself: writes fail with EROFS, for root too."""
     subprocess.run(["mount", "--bind", path, path], check=True, capture_output=True)
@@ -201,10 +215,11 @@ def one_fault(fault: str, rows: int, pause: float, work: str) -> dict:
     unreadable: list[str] = []
     store, env, seam, server = storage.Storage(), None, {}, None
     marker = os.path.join(work, "marker")
+    saved_env = {k: os.environ.get(k) for k in [*FAKE_AWS, "AWS_ENDPOINT_URL"]}
     if fault == "S3 restarted":
         server, endpoint = _start_moto(0)
         env = {**FAKE_AWS, "AWS_ENDPOINT_URL": endpoint}
-        os.environ.update(env)
+        os.environ.update(env)  # this process's S3 client too; put back below
         store = storage.Storage(endpoint)
         store.client().create_bucket(Bucket="faults")
         out, seam = "s3://faults/out", {"s3_endpoint": endpoint}
@@ -222,6 +237,7 @@ def one_fault(fault: str, rows: int, pause: float, work: str) -> dict:
             proc = _spawn(manifest, out, pause, node_marker=marker)
             _, fault_err = proc.communicate(timeout=600)
             _kill_group(proc)
+            _forget_cluster(marker + ".address")
             assert os.path.exists(marker), "no node was removed"
         else:
             proc = _spawn(manifest, out, pause, env, **seam)
@@ -267,6 +283,11 @@ def one_fault(fault: str, rows: int, pause: float, work: str) -> dict:
     finally:
         if server is not None:
             server.stop()
+        for k, v in saved_env.items():
+            if v is None:
+                os.environ.pop(k, None)
+            else:
+                os.environ[k] = v
     got = meta.column("id").to_pylist()
     status = dict(zip(got, meta.column("status").to_pylist()))
     fin = dict(zip(got, meta.column("finished_at").to_pylist()))
