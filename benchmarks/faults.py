@@ -310,8 +310,11 @@ def one_fault(fault: str, rows: int, pause: float, work: str) -> dict:
 
 def _start_moto(port: int):
     """A moto S3 server on loopback (``port`` 0: any free one); returns ``(server, endpoint)``."""
+    import logging
+
     from moto.server import ThreadedMotoServer
 
+    logging.getLogger("werkzeug").setLevel(logging.ERROR)  # no line per request
     server = ThreadedMotoServer(ip_address="127.0.0.1", port=port, verbose=False)
     server.start()
     host, port = server.get_host_and_port()

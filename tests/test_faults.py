@@ -62,3 +62,14 @@ def test_an_s3_endpoint_stopped_mid_job_then_restarted(tmp_path):
     _assert_one_line(r["fault_stderr"], "s3://faults/out/", "EndpointConnectionError")
     assert 0 < r["ok_before_rerun"] < ROWS, r  # the restarted endpoint still holds the first rows
     _assert_nothing_lost_doubled_or_redone(r)
+
+
+@pytest.mark.slow
+def test_a_node_removed_mid_job_from_a_two_node_cluster(tmp_path):
+    r = faults.one_fault("node removed", ROWS, 1.0, str(tmp_path))  # asserts the node was removed mid-job
+    stderr = r["fault_stderr"]
+    errors = [line for line in stderr.splitlines() if line.startswith("error:")]
+    # the job finishes on the remaining node, or stops with one clear line
+    assert (r["fault_exit"] == 0 and not errors) or (r["fault_exit"] == 1 and len(errors) == 1), stderr[-3000:]
+    assert "Traceback" not in stderr, stderr[-3000:]
+    _assert_nothing_lost_doubled_or_redone(r)

@@ -1,9 +1,8 @@
 """The Ray Data executor: the job's steps as a streaming Ray Data pipeline::
 
-    read_parquet(manifest files)                      light CPU tasks
-      -> repartition(target_num_rows_per_block=B)     rows stream in batches of B from the start,
-                                                      and W actors share the work
+    read_parquet(manifest files)                      CPU tasks
       -> map_batches(task step)                       light CPU tasks (prepare)
+      -> repartition(target_num_rows_per_block=B)     so that W actors share the work
       -> map_batches(actor step, ActorPoolStrategy(W), one replica per actor (setup() once),
                      num_gpus=G)                      G GPUs each (CPU threads otherwise)
       -> map_batches(task step)                       light CPU tasks (write)
@@ -62,13 +61,10 @@ class RayDataExecutor:
         ctx.raise_original_map_exception = True  # a step's own error reaches the CLI's one line
         fs, _ = source.store.arrow_filesystem(source.files[0])
         paths = [source.store.arrow_filesystem(f)[1] for f in source.files]
-        # the read is light I/O, like the other task steps
-        ds = ray.data.read_parquet(paths, filesystem=fs, partitioning=None, num_cpus=LIGHT_CPUS)
-        # Blocks of batch_size rows from the start: the manifest's file is one block as read, and a
-        # task step run on it whole would prepare every row before the first reached the search.
-        ds = ds.repartition(target_num_rows_per_block=self.batch_size)
+        ds = ray.data.read_parquet(paths, filesystem=fs, partitioning=None)
         for step in steps:
             if step.actor:
+                ds = ds.repartition(target_num_rows_per_block=self.batch_size)
                 ds = ds.map_batches(
                     _ActorStep, fn_constructor_kwargs={"step": step}, batch_format="pyarrow",
                     batch_size=self.batch_size, compute=ActorPoolStrategy(size=self.workers),
