@@ -63,9 +63,24 @@ def _fail_infra(what: str, exc: BaseException, output: str | None = None) -> Non
         where = f"; details in {log}"
     except OSError:
         where = ""
-    first = (str(exc).strip().splitlines() or [""])[0][:300]  # a Ray error's text holds a whole traceback
-    _err(f"{what}: {type(exc).__name__}: {first}{where} (check the storage / cluster, then re-run)")
+    cause = _root_cause(exc)
+    first = (str(cause).strip().splitlines() or [""])[0][:300]  # a Ray error's text holds a whole traceback
+    _err(f"{what}: {type(cause).__name__}: {first}{where} (check the storage / cluster, then re-run)")
     raise typer.Exit(1)
+
+
+def _root_cause(exc: BaseException) -> BaseException:
+    """The error under Ray's wrappers (a task's ``RayTaskError`` -> ``UserCodeException`` -> the
+    step's own ``OSError``, say): what the one line names."""
+    seen = set()
+    while type(exc).__module__.split(".")[0] == "ray" and id(exc) not in seen:
+        seen.add(id(exc))
+        inner = getattr(exc, "cause", None)
+        inner = inner if isinstance(inner, BaseException) else exc.__cause__
+        if inner is None:
+            break
+        exc = inner
+    return exc
 
 
 def _run_tool(s3_endpoint_url, fn, *args, **kwargs):

@@ -259,6 +259,35 @@ class KillOnceSearchStep(SearchStep):
         return super().__call__(table)
 
 
+from pulse_ray.job.write_step import WriteStep  # noqa: E402
+
+
+@dataclass(frozen=True)
+class DieAfterImagesWriteStep(WriteStep):
+    """Wraps the write step: the first batch ever seen (``marker`` absent) writes its SR images,
+    then SIGKILLs the driver ``driver_pid`` before the batch's metadata part is written (a job that
+    dies between an image and its row); ``marker`` records the ids whose images were written."""
+
+    marker: str = ""
+    driver_pid: int = 0
+
+    def __call__(self, table):
+        import signal
+        import time
+        from datetime import datetime, timezone
+
+        if os.path.exists(self.marker):
+            return super().__call__(table)
+        ids = table.column("id").to_pylist()
+        ok = [i for i, s in enumerate(table.column("status").to_pylist()) if s == "ok"]
+        for i in ok:
+            self._write_images(table, i, datetime.now(timezone.utc), [])
+        with open(self.marker, "w") as f:
+            f.write("\n".join(ids[i] for i in ok))
+        os.kill(self.driver_pid, signal.SIGKILL)
+        time.sleep(600)  # the rest of the job's processes go with the driver's process group
+
+
 @pytest.fixture
 def fake_search(monkeypatch):
     """``submit`` runs :class:`FakeSearchStep` instead of the real search."""

@@ -160,6 +160,7 @@ def init_ray(options: JobOptions) -> bool:
         return True
     osm = options.object_store_memory or int(os.environ.get("PULSE_RAY_OBJECT_STORE_MEMORY", 512 * 1024**2))
     ray.init(
+        address="local",  # a Ray of its own, even where `ray start` left a cluster running on this machine
         num_cpus=options.num_cpus or os.cpu_count() or 1,
         object_store_memory=osm,
         include_dashboard=False,

@@ -15,6 +15,8 @@ part file, so nothing is lost or duplicated.
 
 from __future__ import annotations
 
+import contextlib
+import logging
 from dataclasses import dataclass
 from typing import Iterator
 
@@ -56,6 +58,7 @@ class RayDataExecutor:
         ctx = DataContext.get_current()
         ctx.enable_progress_bars = False
         ctx.print_on_execution_start = False
+        ctx.raise_original_map_exception = True  # a step's own error reaches the CLI's one line
         fs, _ = source.store.arrow_filesystem(source.files[0])
         paths = [source.store.arrow_filesystem(f)[1] for f in source.files]
         ds = ray.data.read_parquet(paths, filesystem=fs, partitioning=None)
@@ -69,8 +72,26 @@ class RayDataExecutor:
             else:
                 ds = ds.map_batches(step, batch_format="pyarrow", batch_size=None, zero_copy_batch=False,
                                     num_cpus=LIGHT_CPUS)
-        batches = iter(ds.iter_batches(batch_format="pyarrow", batch_size=None))
-        try:
-            yield from batches
-        finally:  # an interrupt stops the pipeline now, not when the iterator is garbage-collected
-            batches.close()
+        with _ray_data_console_quiet():
+            batches = iter(ds.iter_batches(batch_format="pyarrow", batch_size=None))
+            try:
+                yield from batches
+            finally:  # an interrupt stops the pipeline now, not when the iterator is garbage-collected
+                batches.close()
+
+
+@contextlib.contextmanager
+def _ray_data_console_quiet():
+    """Ray Data's terminal handlers say nothing while the job runs (its log file,
+    ``<Ray session>/logs/ray-data/``, keeps every record): the job reports progress itself,
+    and a failure is the CLI's one line, not Ray Data's advice to ignore failed blocks."""
+    handlers = [h for h in logging.getLogger("ray.data").handlers if isinstance(h, logging.StreamHandler)
+                and not isinstance(h, logging.FileHandler)]
+    levels = [h.level for h in handlers]
+    for h in handlers:
+        h.setLevel(logging.CRITICAL + 1)
+    try:
+        yield
+    finally:
+        for h, level in zip(handlers, levels):
+            h.setLevel(level)
