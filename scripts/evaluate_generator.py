@@ -4,8 +4,8 @@
         [--colour any|colour|grey] [--per-group N] [--json OUT.json] [--grid docs/pulse_grid.png]
 
 - face rate of ``g.sample(256, seed=0)`` (Haar cascade, see ``pulse_ray.eval.face_rate``);
-- for factor 8 and the largest factor that leaves a 4x4 LR: PULSE (4 restarts, 100 steps,
-  eps 2e-3) on faces that training never saw, LR made by ``pulse_ray.downscale``: share
+- for factor 8 and the largest factor that leaves a 4x4 LR: PULSE (the shipped search defaults of
+  ``SearchOptions`` unless overridden) on faces that training never saw, LR made by ``pulse_ray.downscale``: share
   converged, face rate of the SR outputs and of bicubic upsampling of the same LR, colour kept
   (mean chroma of SR over originals);
 - with ``--per-group N``: N held-out faces of every race group, and the figures per race, gender and
@@ -33,6 +33,7 @@ except ImportError:  # run from a source checkout without installing the package
     import pulse_ray
 
 from pulse_ray.eval import age_band, colour_kept, face_rate
+from pulse_ray.search.options import SearchOptions
 from pulse_ray.search.pulse import KEEP_RULES
 from pulse_ray.train.data import Framing, held_out_by_group, held_out_faces
 from pulse_ray.train.loop import save_grid
@@ -75,10 +76,12 @@ def main(argv=None) -> int:
                    help="the training split's held-out share (0.05 for utkface in the colour64 run)")
     p.add_argument("--colour", default="any", choices=("any", "colour", "grey"), help="which photos to use")
     p.add_argument("--samples", type=int, default=256)
-    p.add_argument("--restarts", type=int, default=4)
-    p.add_argument("--steps", type=int, default=100)
-    p.add_argument("--eps", type=float, default=2e-3)
-    p.add_argument("--keep", default="realistic", choices=KEEP_RULES,
+    defaults = SearchOptions()
+    p.add_argument("--restarts", type=int, default=defaults.restarts)
+    p.add_argument("--steps", type=int, default=defaults.steps)
+    p.add_argument("--halving", default=defaults.halving, help="successive halving fractions ('' for none)")
+    p.add_argument("--eps", type=float, default=defaults.eps)
+    p.add_argument("--keep", default=defaults.keep, choices=KEEP_RULES,
                    help="which iterate and restart a search keeps (pulse_ray.upsample's keep)")
     p.add_argument("--json", default=None)
     p.add_argument("--grid", default=None)
@@ -90,7 +93,7 @@ def main(argv=None) -> int:
     framing = Framing(align["recipe"], float(align["scale"]), args.colour)
     out = {"generator": g.name, "resolution": r, "samples": args.samples, "held_out_skipped": args.skip,
            "data": args.data, "colour": args.colour, "framing": align, "restarts": args.restarts,
-           "steps": args.steps, "eps": args.eps, "keep": args.keep}
+           "steps": args.steps, "halving": args.halving, "eps": args.eps, "keep": args.keep}
     out["sample_face_rate"] = face_rate(g.sample(args.samples, seed=0))
     print(f"{g.name}: face rate of {args.samples} samples = {out['sample_face_rate']:.3f}", flush=True)
 
@@ -109,7 +112,7 @@ def main(argv=None) -> int:
         lr = pulse_ray.downscale(hr, f).clamp(0, 1)
         t0 = time.time()
         res = pulse_ray.upsample(lr, g, restarts=args.restarts, steps=args.steps, eps=args.eps, seed=0, ids=ids,
-                                 keep=args.keep)
+                                 keep=args.keep, halving=args.halving)
         sr = torch.stack([x.image for x in res])
         row = {"factor": f, "lr_size": r // f, **figures(res, sr, hr, lr, r), "seconds": round(time.time() - t0, 1)}
         if labels is not None:
