@@ -58,7 +58,7 @@ def synthetic_output(root: str, rows: int, seed: int = 0) -> str:
             f.write(_png(lr))
         rec = dict(id=rid, status="ok" if ok else "failed", uri=uri, tag=("a", "b", "c")[i % 3],
                    finished_at=t0 + timedelta(seconds=0.5 * i), restarts=4, eps=2e-3, keep="realistic",
-                   generator="faces64")
+                   generator="colour64")
         if ok:
             sr = np.asarray(Image.fromarray(lr).resize((SR, SR), Image.Resampling.BICUBIC))
             sr = np.clip(sr.astype(np.int16) + rng.integers(-6, 7, sr.shape), 0, 255).astype(np.uint8)

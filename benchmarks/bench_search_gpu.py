@@ -3,7 +3,7 @@
     python benchmarks/bench_search_gpu.py --json bench_search_gpu.json     # on a GPU: all layouts below
     python benchmarks/bench_search_gpu.py --tiny --json out.json           # 32 px toy layouts, CPU, seconds
 
-Layouts: ``faces64`` (the bundled generator, real weights), ``v1-1024`` (PULSE's FFHQ-1024 StyleGAN
+Layouts: ``bundled`` (the bundled default generator, real weights), ``v1-1024`` (PULSE's FFHQ-1024 StyleGAN
 synthesis layout, random weights; needs the fixture file, ``--fixture``) and ``sg2-1024`` (StyleGAN2 at
 NVIDIA's FFHQ-1024 config, random weights). ``--tiny``: 32 px networks of the same three kinds.
 
@@ -44,9 +44,9 @@ for p in (REPO, HERE):
     if p not in sys.path:
         sys.path.insert(0, p)
 
-LAYOUTS = ("faces64", "v1-1024", "sg2-1024")
+LAYOUTS = ("bundled", "v1-1024", "sg2-1024")
 #: batches per layout on a GPU: small generators are launch-bound and want thousands of searches
-GPU_BATCHES = {"faces64": (256, 1024, 4096), "v1-1024": (16, 64), "sg2-1024": (16, 64)}
+GPU_BATCHES = {"bundled": (256, 1024, 4096), "v1-1024": (16, 64), "sg2-1024": (16, 64)}
 TINY_BATCHES = (2, 4)
 
 
@@ -54,10 +54,10 @@ def build(layout: str, tiny: bool, device, fixture: str):
     import pulse_ray
     from device_check import build_generator, build_stylegan2_generator
 
-    if layout == "faces64":
+    if layout == "bundled":
         if tiny:
             return build_generator(True, device, fixture)
-        return pulse_ray.load_generator("faces64", device=device)
+        return pulse_ray.load_generator(device=device)
     if layout == "v1-1024":
         return build_generator(tiny, device, fixture)
     return build_stylegan2_generator(tiny, device)

@@ -158,7 +158,7 @@ def test_bench_search_gpu_tiny_runs_on_cpu(tmp_path):
     proc = subprocess.run(cmd, capture_output=True, text=True, timeout=600, env=env)
     assert proc.returncode == 0, proc.stderr[-3000:]
     res = json.loads(out.read_text())
-    assert set(res["layouts"]) == {"faces64", "v1-1024", "sg2-1024"}
+    assert set(res["layouts"]) == {"bundled", "v1-1024", "sg2-1024"}
     for layout in res["layouts"].values():
         runs = {r["variant"]: r for r in layout["runs"]}
         assert set(runs) == {"eager-fp32", "eager-bf16-cl", "graph-fp32"}

@@ -213,13 +213,13 @@ def test_command_line_passes_submit_options(tmp_path, monkeypatch):
     monkeypatch.setattr(nightly, "run_nightly", fake_run)
     code = nightly.main(["s3://b/in/", "s3://b/out/", "--dry-run", "--steps", "2", "--restarts", "1",
                          "--gpus-per-worker", "1", "--workers", "8", "--address", "auto", "--keep-restarts",
-                         "--generator", "faces64", "--eps", "0.01", "--no-progress", "--retry-failed"])
+                         "--generator", "colour64", "--eps", "0.01", "--no-progress", "--retry-failed"])
     assert code == 0
     o = captured["options"]
     assert isinstance(o, JobOptions)
     assert (o.search.steps, o.search.restarts, o.gpus_per_worker, o.workers, o.address) == (2, 1, 1.0, 8, "auto")
     assert (o.search.save_restarts, o.generator, o.search.eps, o.progress, o.dry_run) == (
-        True, "faces64", 0.01, False, False)  # --keep-restarts: the old spelling of --save-restarts still works
+        True, "colour64", 0.01, False, False)  # --keep-restarts: the old spelling of --save-restarts still works
     assert captured["dry_run"] is True and captured["retry_failed"] is True
     with pytest.raises(SystemExit) as ei:
         nightly.main(["in", "out", "--no-such-option"])

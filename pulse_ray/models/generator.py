@@ -16,7 +16,7 @@ from .stylegan import (MappingNetwork, SynthesisNetwork, mapping_layers_from_sta
                        synthesis_channels_from_state_dict)
 
 WEIGHTS_DIR = Path(__file__).resolve().parent.parent / "weights"
-DEFAULT_GENERATOR = "faces64"
+DEFAULT_GENERATOR = "colour64"
 
 
 class Generator:
@@ -232,7 +232,7 @@ def _build(parts: dict, where: str) -> tuple[SynthesisNetwork, MappingNetwork | 
 
 def load_generator(source: str | os.PathLike | None = None, *, gaussian_fit=None, mapping=None,
                    device=None, fit_samples: int = 1_000_000, store=None) -> Generator:
-    """Load a generator: bundled name (default ``faces64``), local path, ``file://`` or ``s3://``.
+    """Load a generator: bundled name (default ``colour64``), local path, ``file://`` or ``s3://``.
 
     StyleGAN2 files (NVIDIA ``.pkl``, rosinality ``.pt``, ``pulse-ray convert`` bundles) give a
     :class:`StyleGAN2Generator`, named ``"<file name> sha256:<12 hex>"``; no code from a file is run.

@@ -267,7 +267,7 @@ def export(trainer: Trainer, path: str, level: int | None = None, gaussian_sampl
 def main(argv: list[str] | None = None) -> int:
     p = argparse.ArgumentParser(prog="pulse-ray train", description=__doc__.splitlines()[0])
     p.add_argument("--data", default=TrainConfig.data, help="faces: .parquet, folder or s3:// prefix")
-    p.add_argument("--run-dir", default="runs/faces64", help="where state, samples and logs go")
+    p.add_argument("--run-dir", default="runs/colour64", help="where state, samples and logs go")
     p.add_argument("--resume", action="store_true", help="continue from RUN/state.pt")
     p.add_argument("--minutes", type=float, default=60.0, help="stop (and save) after this long")
     p.add_argument("--kimg", type=float, default=None, help="stop once this many thousand images were shown")

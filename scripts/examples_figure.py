@@ -1,0 +1,57 @@
+"""docs/examples_result.png: the README's first command's output, each example's LR beside its SR.
+
+    pulse-ray submit examples/manifest.parquet --output out/example
+    python scripts/examples_figure.py out/example --out docs/examples_result.png
+
+In manifest order: the LR from the manifest's ``uri``, enlarged with nearest-neighbour so its pixels
+stay visible, then the SR from the metadata row's ``sr_uri``.
+"""
+
+from __future__ import annotations
+
+import argparse
+from pathlib import Path
+
+import numpy as np
+import pyarrow.parquet as pq
+import torch
+from PIL import Image
+
+from pulse_ray.io import storage
+from pulse_ray.job.metadata import read_metadata
+from pulse_ray.train.loop import save_grid
+
+ROOT = Path(__file__).resolve().parents[1]
+
+
+def load(path: str, size: int | None = None) -> torch.Tensor:
+    img = Image.open(path).convert("RGB")
+    if size:
+        img = img.resize((size, size), Image.NEAREST)
+    return torch.from_numpy(np.asarray(img).copy()).permute(2, 0, 1).float() / 255
+
+
+def main() -> None:
+    ap = argparse.ArgumentParser(description=__doc__.splitlines()[0])
+    ap.add_argument("out", help="the job's output folder")
+    ap.add_argument("--manifest", default=str(ROOT / "examples" / "manifest.parquet"))
+    ap.add_argument("--out", dest="figure", default=str(ROOT / "docs" / "examples_result.png"))
+    ap.add_argument("--pairs-per-row", type=int, default=6)
+    args = ap.parse_args()
+
+    manifest = pq.read_table(args.manifest).to_pylist()
+    rows = {r["id"]: r for r in read_metadata(args.out).to_pylist()}
+    panels = []
+    for m in manifest:
+        row = rows.get(m["id"])
+        if row is None or row["status"] != "ok":
+            raise SystemExit(f"{m['id']}: no ok row in {args.out} (run the job first)")
+        sr = load(storage.local_path(row["sr_uri"]))
+        lr = Path(m["uri"]) if Path(m["uri"]).is_absolute() else Path(args.manifest).parent / m["uri"]
+        panels += [load(str(lr), sr.shape[-1]), sr]
+    save_grid(torch.stack(panels), args.figure, cols=2 * args.pairs_per_row)
+    print(f"wrote {args.figure} ({len(manifest)} faces)")
+
+
+if __name__ == "__main__":
+    main()
