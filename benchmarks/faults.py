@@ -19,6 +19,9 @@ never from production arguments:
 * ``S3 restarted``: OUT on a moto S3 server (``ThreadedMotoServer`` on loopback, boto3 over HTTP)
   that is stopped once the first part exists, then started again on the same port (moto keeps its
   buckets in the process, so the restarted endpoint still holds what was written);
+* ``S3 never answers``: the same moto server behind a TCP proxy on loopback (``HangingProxy``);
+  once the first part exists the proxy keeps accepting connections and reading requests but answers
+  nothing, so every S3 call waits for its bounded timeouts; before the re-run it forwards again;
 * ``node removed``: the job runs on a 2-node ``ray.cluster_utils.Cluster`` (3 + 2 CPUs, a search
   actor on each); once the first part exists the non-head node is removed (its processes killed).
 
@@ -26,6 +29,8 @@ Columns: rows in the manifest; ok / failed after the fault plus one re-run; lost
 doubled (an id with two metadata rows, or an SR file for no ok row); ok rows redone (an id whose
 readable ``ok`` row from before the re-run was replaced); unreadable rows redone (the rows of a
 corrupt part, which must be redone); the re-run's exit code and wall time (Ray start included).
+The JSON also gives, where the harness injects the fault into a running job, the seconds from the
+fault to the faulted run's exit (``fault_to_exit_seconds``).
 """
 
 from __future__ import annotations
@@ -34,16 +39,18 @@ import argparse
 import json
 import os
 import signal
+import socket
 import subprocess
 import sys
 import tempfile
+import threading
 import time
 
 REPO = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
 sys.path.insert(0, REPO)
 
 FAULTS = ("actor killed", "SIGINT", "SIGTERM", "SIGKILL", "corrupt part", "write dies", "read-only output",
-          "S3 restarted", "node removed")
+          "S3 restarted", "S3 never answers", "node removed")
 # "node removed": the head node hosts one search actor and the light tasks, the second node one actor
 # (the plan gives each of the 2 actors (3 + 2 - 1) / 2 = 2 CPUs)
 CLUSTER_HEAD_CPUS, CLUSTER_NODE_CPUS = 3, 2
@@ -216,8 +223,12 @@ def one_fault(fault: str, rows: int, pause: float, work: str) -> dict:
     store, env, seam, server = storage.Storage(), None, {}, None
     marker = os.path.join(work, "marker")
     saved_env = {k: os.environ.get(k) for k in [*FAKE_AWS, "AWS_ENDPOINT_URL"]}
-    if fault == "S3 restarted":
+    proxy, injected = None, None
+    if fault in ("S3 restarted", "S3 never answers"):
         server, endpoint = _start_moto(0)
+        if fault == "S3 never answers":
+            proxy = HangingProxy(endpoint)
+            endpoint = proxy.endpoint
         env = {**FAKE_AWS, "AWS_ENDPOINT_URL": endpoint}
         os.environ.update(env)  # this process's S3 client too; put back below
         store = storage.Storage(endpoint)
@@ -246,6 +257,7 @@ def one_fault(fault: str, rows: int, pause: float, work: str) -> dict:
                 while len(md.metadata_files(out)) < 2 and proc.poll() is None:
                     time.sleep(0.2)
             assert proc.poll() is None, "the job ended before the fault"
+            injected = time.monotonic()
             if fault == "read-only output":
                 _read_only_mount(out)
                 try:
@@ -257,6 +269,10 @@ def one_fault(fault: str, rows: int, pause: float, work: str) -> dict:
                 server.stop()
                 _, fault_err = proc.communicate(timeout=300)
                 server, _ = _start_moto(port)
+            elif fault == "S3 never answers":
+                proxy.hang()
+                _, fault_err = proc.communicate(timeout=600)
+                proxy.resume()
             else:
                 sig = {"SIGINT": signal.SIGINT, "SIGTERM": signal.SIGTERM, "SIGKILL": signal.SIGKILL}.get(
                     fault, signal.SIGINT)
@@ -270,6 +286,7 @@ def one_fault(fault: str, rows: int, pause: float, work: str) -> dict:
                 data = open(part, "rb").read()
                 with open(part, "wb") as f:
                     f.write(data[: len(data) // 2])
+        fault_seconds = None if injected is None else round(time.monotonic() - injected, 1)
         _kill_group(proc)
         fault_rc = proc.returncode
         before = _snapshot(out, store)
@@ -281,6 +298,8 @@ def one_fault(fault: str, rows: int, pause: float, work: str) -> dict:
         meta = md.read_metadata(out, dedup_rows=False, store=store)
         sr = _sr_ids(out, store)
     finally:
+        if proxy is not None:
+            proxy.close()
         if server is not None:
             server.stop()
         for k, v in saved_env.items():
@@ -303,6 +322,7 @@ def one_fault(fault: str, rows: int, pause: float, work: str) -> dict:
         "ok_before_rerun": len(before),
         "images_before_row": (open(marker).read().split() if fault == "write dies" else []),
         "recover_seconds": round(seconds, 1),
+        "fault_to_exit_seconds": fault_seconds,
         "fault_stderr": fault_err,
         "rerun_stderr_tail": err.strip().splitlines()[-1:] if rerun.returncode else [],
     }
@@ -319,6 +339,62 @@ def _start_moto(port: int):
     server.start()
     host, port = server.get_host_and_port()
     return server, f"http://{host}:{port}"
+
+
+class HangingProxy:
+    """A TCP proxy on loopback in front of ``target`` (``http://host:port``). After :meth:`hang` it
+    still accepts connections and reads what is sent, but forwards and answers nothing (an endpoint
+    that never answers); after :meth:`resume` new connections are forwarded again."""
+
+    def __init__(self, target: str):
+        host, port = target.rsplit("/", 1)[-1].rsplit(":", 1)
+        self.target = (host, int(port))
+        self.hanging = threading.Event()
+        self.listener = socket.create_server(("127.0.0.1", 0))
+        self.endpoint = f"http://127.0.0.1:{self.listener.getsockname()[1]}"
+        threading.Thread(target=self._accept, daemon=True).start()
+
+    def hang(self) -> None:
+        self.hanging.set()
+
+    def resume(self) -> None:
+        self.hanging.clear()
+
+    def close(self) -> None:
+        self.listener.close()
+
+    def _accept(self) -> None:
+        while True:
+            try:
+                client, _ = self.listener.accept()
+            except OSError:
+                return
+            threading.Thread(target=self._serve, args=(client,), daemon=True).start()
+
+    def _serve(self, client: socket.socket) -> None:
+        if self.hanging.is_set():
+            self._pipe(client, None)
+            return
+        upstream = socket.create_connection(self.target)
+        threading.Thread(target=self._pipe, args=(upstream, client), daemon=True).start()
+        self._pipe(client, upstream)
+
+    def _pipe(self, src: socket.socket, dst: socket.socket | None) -> None:
+        """Copy ``src`` to ``dst`` until either closes; while hanging, read and drop."""
+        try:
+            while data := src.recv(65536):
+                if dst is not None and not self.hanging.is_set():
+                    dst.sendall(data)
+        except OSError:
+            pass
+        finally:
+            for sock in (src, dst):
+                if sock is not None:
+                    try:
+                        sock.shutdown(socket.SHUT_RDWR)
+                        sock.close()
+                    except OSError:
+                        pass
 
 
 def main(argv=None) -> int:

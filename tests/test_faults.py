@@ -11,6 +11,8 @@ import sys
 
 import pytest
 
+from pulse_ray.io import storage
+
 from .conftest import REPO
 
 sys.path.insert(0, os.path.join(REPO, "benchmarks"))
@@ -72,4 +74,16 @@ def test_a_node_removed_mid_job_from_a_two_node_cluster(tmp_path):
     # the job finishes on the remaining node, or stops with one clear line
     assert (r["fault_exit"] == 0 and not errors) or (r["fault_exit"] == 1 and len(errors) == 1), stderr[-3000:]
     assert "Traceback" not in stderr, stderr[-3000:]
+    _assert_nothing_lost_doubled_or_redone(r)
+
+
+@pytest.mark.slow
+def test_an_s3_endpoint_that_stops_answering_mid_job(tmp_path):
+    r = faults.one_fault("S3 never answers", ROWS, 1.0, str(tmp_path))
+    assert r["fault_exit"] == 1, r
+    _assert_one_line(r["fault_stderr"], "s3://faults/out/", "ReadTimeoutError")
+    # bounded: every S3 call gives up after its attempts' timeouts; a few calls of the job may wait in turn
+    per_call = storage.S3_MAX_ATTEMPTS * (storage.S3_CONNECT_TIMEOUT + storage.S3_READ_TIMEOUT)
+    assert r["fault_to_exit_seconds"] < 4 * per_call, r
+    assert 0 < r["ok_before_rerun"] < ROWS, r
     _assert_nothing_lost_doubled_or_redone(r)
