@@ -8,30 +8,31 @@ import torch
 from .io.align import detect_faces
 
 
-def has_face(gray: np.ndarray, border: bool = True) -> bool:
+def has_face(gray: np.ndarray, border: float = 0.25, min_neighbors: int = 3) -> bool:
     """The project's face test: Haar cascade, scaleFactor 1.05, minNeighbors 3, minSize R//4.
 
-    With ``border`` the image is first set in a mid-grey border of R//4 on each side: the cascade
-    cannot find a face that fills the whole frame (FFHQ framing), which misses 28% of real faces.
+    The image is first set in a mid-grey border of ``border`` times its side on each side (0: none):
+    the cascade cannot find a face that fills the whole frame (FFHQ framing), which misses 28% of
+    real faces. ``scripts/face_measure_calibration.py`` compares the settings.
     """
     side = min(gray.shape)
     if border:
-        gray = np.pad(gray, side // 4, constant_values=128)
-    return bool(detect_faces(gray, min_size=max(1, side // 4)))
+        gray = np.pad(gray, int(side * border), constant_values=128)
+    return bool(detect_faces(gray, min_size=max(1, side // 4), min_neighbors=min_neighbors))
 
 
-def face_rate(images: torch.Tensor, border: bool = True) -> float:
+def luma_u8(images: torch.Tensor) -> np.ndarray:
+    """``[N, H, W]`` uint8 luma (ITU-R 601, as PIL's convert("L") and OpenCV's cvtColor) of ``[N, C, H, W]`` in [0, 1]."""
+    x = images.detach().float().clamp(0, 1).cpu()
+    x = 0.299 * x[:, 0] + 0.587 * x[:, 1] + 0.114 * x[:, 2] if x.shape[1] == 3 else x[:, 0]
+    return (x * 255.0).round().to(torch.uint8).numpy()
+
+
+def face_rate(images: torch.Tensor, border: float = 0.25, min_neighbors: int = 3) -> float:
     """Share of images ``[N, C, H, W]`` in [0, 1] in which the Haar cascade finds a face (see ``has_face``)."""
     if images.shape[0] == 0:
         raise ValueError("face_rate needs at least one image")
-    x = images.detach().float().clamp(0, 1).cpu()
-    if x.shape[1] == 3:
-        # ITU-R 601 luma, as PIL's convert("L") and OpenCV's cvtColor use
-        x = 0.299 * x[:, 0] + 0.587 * x[:, 1] + 0.114 * x[:, 2]
-    else:
-        x = x[:, 0]
-    gray = (x * 255.0).round().to(torch.uint8).numpy()
-    return float(np.mean([has_face(g, border) for g in gray]))
+    return float(np.mean([has_face(g, border, min_neighbors) for g in luma_u8(images)]))
 
 
 def chroma(images: torch.Tensor) -> float:

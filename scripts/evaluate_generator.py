@@ -47,7 +47,7 @@ def upscale(x: torch.Tensor, size: int, mode: str) -> torch.Tensor:
 def figures(res, sr, hr, lr, size: int) -> dict:
     return {"faces": len(res), "converged": sum(x.converged for x in res) / len(res),
             "mean_downscale_mse": sum(x.downscale_mse for x in res) / len(res),
-            "sr_face_rate": face_rate(sr), "sr_face_rate_no_border": face_rate(sr, border=False),
+            "sr_face_rate": face_rate(sr), "sr_face_rate_no_border": face_rate(sr, border=0),
             "bicubic_face_rate": face_rate(upscale(lr, size, "bicubic")),
             "colour_kept": colour_kept(sr, hr)}
 
@@ -106,7 +106,7 @@ def main(argv=None) -> int:
         labels = None
     hr = torch.from_numpy(faces).permute(0, 3, 1, 2).float() / 255
     out["original_face_rate"] = face_rate(hr)
-    out["original_face_rate_no_border"] = face_rate(hr, border=False)
+    out["original_face_rate_no_border"] = face_rate(hr, border=0)
     panels = []
     for f in sorted({8, r // 4}):
         lr = pulse_ray.downscale(hr, f).clamp(0, 1)

@@ -13,30 +13,14 @@ from __future__ import annotations
 import argparse
 from pathlib import Path
 
-import numpy as np
 import torch
 import torch.nn.functional as F
 
 import pulse_ray
-from pulse_ray.io.align import detect_faces
+from pulse_ray.eval import face_rate
 from pulse_ray.train.data import Framing, held_out_by_group, held_out_faces
 
 DATA = Path(__file__).resolve().parents[2] / "shared" / "data"
-
-
-def luma_u8(x: torch.Tensor) -> np.ndarray:
-    x = x.clamp(0, 1)
-    x = 0.299 * x[:, 0] + 0.587 * x[:, 1] + 0.114 * x[:, 2] if x.shape[1] == 3 else x[:, 0]
-    return (x * 255).round().to(torch.uint8).numpy()
-
-
-def rate(images: torch.Tensor, border: float, min_neighbors: int) -> float:
-    found = []
-    for gray in luma_u8(images):
-        side = min(gray.shape)
-        padded = np.pad(gray, int(side * border), constant_values=128) if border else gray
-        found.append(bool(detect_faces(padded, min_size=max(1, side // 4), min_neighbors=min_neighbors)))
-    return float(np.mean(found))
 
 
 def main() -> None:
@@ -62,8 +46,8 @@ def main() -> None:
     print("| ---: | ---: |" + " ---: |" * len(sets))
     for border in (0.0, 0.125, 0.25):
         for mn in (3, 5, 8):
-            cells = [f"{rate(hr, border, mn):.2f} / {rate(bicubic(hr, 8), border, mn):.2f} / "
-                     f"{rate(bicubic(hr, r // 4), border, mn):.2f}" for hr in sets.values()]
+            cells = [f"{face_rate(hr, border, mn):.2f} / {face_rate(bicubic(hr, 8), border, mn):.2f} / "
+                     f"{face_rate(bicubic(hr, r // 4), border, mn):.2f}" for hr in sets.values()]
             print(f"| {border:g} | {mn} | " + " | ".join(cells) + " |", flush=True)
 
 
