@@ -94,3 +94,17 @@ def test_s3_errors_do_not_leak_credentials(s3):
     with pytest.raises(storage.StorageError) as exc:
         storage.read_bytes("s3://no-such-bucket-xyz/k")
     assert "testing" not in str(exc.value)
+
+
+def test_a_local_write_that_fails_is_one_storage_error_naming_the_file_and_leaves_no_temp(tmp_path):
+    store = storage.Storage()
+    (tmp_path / "a_file").write_bytes(b"x")
+    target = tmp_path / "a_file" / "part.parquet"  # its folder is a file: makedirs fails
+    with pytest.raises(storage.StorageError, match=r"cannot write .*a_file/part\.parquet"):
+        store.write_bytes(str(target), b"data")
+    folder = tmp_path / "out"
+    folder.mkdir()
+    (folder / "taken").mkdir()  # os.replace onto a folder fails after the temporary file was written
+    with pytest.raises(storage.StorageError, match=r"cannot write .*out/taken"):
+        store.write_bytes(str(folder / "taken"), b"data")
+    assert sorted(p.name for p in folder.iterdir()) == ["taken"]  # the temporary file is gone

@@ -297,24 +297,23 @@ class Storage:
         try:
             os.makedirs(folder, exist_ok=True)
             fd, tmp = tempfile.mkstemp(prefix=".tmp-" + uuid.uuid4().hex[:8] + "-", dir=folder)
+            try:
+                os.fchmod(fd, 0o666 & ~_umask())  # the mode open() would give, not mkstemp's 0600
+                with os.fdopen(fd, "wb") as f:
+                    f.write(data)
+                    f.flush()
+                    os.fsync(f.fileno())
+                os.replace(tmp, path)
+            except BaseException:
+                try:
+                    os.unlink(tmp)
+                except OSError:
+                    pass
+                raise
+        except StorageError:
+            raise
         except OSError as exc:  # a read-only or full file system, no permission: one line names the file
             raise StorageError(f"cannot write {uri}: {exc.strerror or exc}") from None
-        try:
-            os.fchmod(fd, 0o666 & ~_umask())  # the mode open() would give, not mkstemp's 0600
-            with os.fdopen(fd, "wb") as f:
-                f.write(data)
-                f.flush()
-                os.fsync(f.fileno())
-            os.replace(tmp, path)
-        except BaseException as exc:
-            try:
-                os.unlink(tmp)
-            except OSError:
-                pass
-            if isinstance(exc, OSError) and not isinstance(exc, StorageError):
-                raise StorageError(f"cannot write {uri}: {exc.strerror or exc}") from None
-            raise
-
 
     def exists(self, uri: str) -> bool:
         uri = os.fspath(uri)
