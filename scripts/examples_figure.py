@@ -12,23 +12,23 @@ from __future__ import annotations
 import argparse
 from pathlib import Path
 
-import numpy as np
 import pyarrow.parquet as pq
 import torch
-from PIL import Image
 
 from pulse_ray.io import storage
+from pulse_ray.io.images import decode_image
 from pulse_ray.job.metadata import read_metadata
+from pulse_ray.job.steps import resolve_uri
 from pulse_ray.train.loop import save_grid
+
+from evaluate_generator import upscale  # noqa: E402  (scripts/, beside this file)
 
 ROOT = Path(__file__).resolve().parents[1]
 
 
-def load(path: str, size: int | None = None) -> torch.Tensor:
-    img = Image.open(path).convert("RGB")
-    if size:
-        img = img.resize((size, size), Image.NEAREST)
-    return torch.from_numpy(np.asarray(img).copy()).permute(2, 0, 1).float() / 255
+def load(uri: str, store: storage.Storage) -> torch.Tensor:
+    """An image file as ``[3, H, W]`` in [0, 1]."""
+    return torch.from_numpy(decode_image(store.read_bytes(uri), where=uri).copy()).permute(2, 0, 1).float() / 255
 
 
 def main() -> None:
@@ -39,6 +39,8 @@ def main() -> None:
     ap.add_argument("--pairs-per-row", type=int, default=6)
     args = ap.parse_args()
 
+    store = storage.Storage()
+    bases = [str(Path(args.manifest).resolve().parent)]
     manifest = pq.read_table(args.manifest).to_pylist()
     rows = {r["id"]: r for r in read_metadata(args.out).to_pylist()}
     panels = []
@@ -46,9 +48,9 @@ def main() -> None:
         row = rows.get(m["id"])
         if row is None or row["status"] != "ok":
             raise SystemExit(f"{m['id']}: no ok row in {args.out} (run the job first)")
-        sr = load(storage.local_path(row["sr_uri"]))
-        lr = Path(m["uri"]) if Path(m["uri"]).is_absolute() else Path(args.manifest).parent / m["uri"]
-        panels += [load(str(lr), sr.shape[-1]), sr]
+        sr = load(row["sr_uri"], store)
+        lr = load(resolve_uri(m["uri"], bases, store), store)
+        panels += [upscale(lr[None], sr.shape[-1], "nearest")[0], sr]
     save_grid(torch.stack(panels), args.figure, cols=2 * args.pairs_per_row)
     print(f"wrote {args.figure} ({len(manifest)} faces)")
 

@@ -14,11 +14,12 @@ import argparse
 from pathlib import Path
 
 import torch
-import torch.nn.functional as F
 
 import pulse_ray
 from pulse_ray.eval import face_rate
 from pulse_ray.train.data import Framing, held_out_by_group, held_out_faces
+
+from evaluate_generator import upscale  # noqa: E402  (scripts/, beside this file)
 
 DATA = Path(__file__).resolve().parents[2] / "shared" / "data"
 
@@ -39,8 +40,7 @@ def main() -> None:
         sets[f"grey, {recipe} framing"] = as_tensor(faces)
 
     def bicubic(hr, factor):
-        return F.interpolate(pulse_ray.downscale(hr, factor), size=(r, r), mode="bicubic",
-                             align_corners=False).clamp(0, 1)
+        return upscale(pulse_ray.downscale(hr, factor), r, "bicubic")
 
     print("| border | minNeighbors | " + " | ".join(f"{k}: original / bicubic 8x8 / bicubic 4x4" for k in sets) + " |")
     print("| ---: | ---: |" + " ---: |" * len(sets))
